@@ -1,0 +1,42 @@
+"""Input validation shared by the cells, the scan and the stacks.
+
+Errors name what was expected and what was received, so a wrong shape fails at trace time with
+a message instead of deep inside a matmul (or, worse, silently broadcasting).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_input(x: jax.Array, input_size: int, dtype, *, what: str = "x", min_rank: int = 1,
+                layout: str = "[..., I]") -> None:
+    """Raises ValueError unless `x` is floating, of `dtype`, rank >= min_rank, last axis `input_size`."""
+    shape = tuple(np.shape(x))
+    if len(shape) < min_rank:
+        raise ValueError(f"{what}: expected rank >= {min_rank} with layout {layout}, "
+                         f"got shape {shape}")
+    if shape[-1] != input_size:
+        raise ValueError(f"{what}: expected last axis of size I={input_size} ({layout}), "
+                         f"got shape {shape}")
+    x_dtype = jnp.result_type(x)
+    if not jnp.issubdtype(x_dtype, jnp.floating):
+        raise ValueError(f"{what}: expected a floating dtype ({jnp.dtype(dtype).name}, the params' "
+                         f"dtype), got {x_dtype.name} with shape {shape}")
+    if x_dtype != jnp.dtype(dtype):
+        raise ValueError(f"{what}: expected dtype {jnp.dtype(dtype).name} (the params' dtype), "
+                         f"got {x_dtype.name} with shape {shape}")
+
+
+def check_carry(carry, expected, *, what: str = "carry") -> None:
+    """Raises ValueError unless `carry` has the structure and shapes of `expected`."""
+    got = jax.tree_util.tree_structure(carry)
+    want = jax.tree_util.tree_structure(expected)
+    if got != want:
+        raise ValueError(f"{what}: expected a pytree like {want}, got {got}")
+    for name, a, b in zip(getattr(expected, "_fields", range(len(expected))),
+                          jax.tree_util.tree_leaves(carry), jax.tree_util.tree_leaves(expected)):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(f"{what}.{name}: expected shape {np.shape(b)}, got {np.shape(a)}")

@@ -1,0 +1,157 @@
+"""GRU cell, in both published variants.
+
+Gates r (reset), z (update), n (candidate); blocks in the order r, z, n (PyTorch's).
+
+RESET_AFTER (the default; PyTorch, cuDNN, Flax, Equinox, Keras `reset_after=True`):
+
+    r = sigma(W_r x + U_r h + b_r)        z = sigma(W_z x + U_z h + b_z)
+    n = tanh(W_n x + b_n + r * (U_n h + b_hn))
+    h' = (1 - z) * n + z * h              # z KEEPS the old state
+
+  All three recurrent matmuls fuse into one `h @ U`. `b_hn` sits inside `r * (...)`, so it is a
+  parameter of its own (PyTorch's `bias_hh` n block); `b` holds `b_ih + b_hh` for r and z and
+  `b_in` for n.
+
+RESET_BEFORE (Cho et al. 2014 / Chung et al. 2014, Haiku, Keras `reset_after=False`; the
+textbook form and this project's design):
+
+    r = sigma(W_r x + U_r h + b_r)        z = sigma(W_z x + U_z h + b_z)
+    h~ = tanh(W_h x + U_h (r * h) + b_h)  # b_h = b_n + b_hn (b_hn is redundant here)
+    h' = (1 - z) * h + z * h~             # z TAKES the new state
+
+  It needs a second matmul per step that depends on r.
+
+Sign conventions of z. Cho et al.'s own eq. 7 pairs reset-before with "z keeps"; Chung et al.
+and Haiku with "z takes". Since sigma(-a) = 1 - sigma(a), a cell with one convention equals the
+cell with the other convention on `flip_update_gate(params)`, which negates z's pre-activation
+(its columns of `w_x` and `w_h` and its bias). So "reset-before, z keeps" (Cho eq. 7) is
+`step(flip_update_gate(p), ..., variant=RESET_BEFORE)`, and a reset-after cell with "z takes"
+is the same trick on RESET_AFTER.
+
+Layout: `w_x: [I, 3H]`, `w_h: [H, 3H]`, `b: [3H]`, `b_hn: [H]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gated_rnn import checks, initializers
+
+NUM_GATES = 3
+
+
+class Variant(enum.Enum):
+    RESET_AFTER = "reset_after"
+    RESET_BEFORE = "reset_before"
+
+
+class Params(NamedTuple):
+    w_x: jax.Array   # [I, 3H]
+    w_h: jax.Array   # [H, 3H]
+    b: jax.Array     # [3H]
+    b_hn: jax.Array  # [H] recurrent candidate bias (inside r * (...) for RESET_AFTER)
+
+
+class Carry(NamedTuple):
+    h: jax.Array  # [..., H]
+
+
+def init_params(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32,
+                kernel_init=initializers.lecun_normal(),
+                recurrent_init=initializers.orthogonal_gates(NUM_GATES),
+                bias_init=initializers.zeros,
+                candidate_bias_init=initializers.zeros) -> Params:
+    """Draws `Params` for input size I and hidden size H."""
+    k_x, k_h, k_b, k_n = jax.random.split(key, 4)
+    return Params(w_x=kernel_init(k_x, (input_size, NUM_GATES * hidden_size), dtype),
+                  w_h=recurrent_init(k_h, (hidden_size, NUM_GATES * hidden_size), dtype),
+                  b=bias_init(k_b, (NUM_GATES * hidden_size,), dtype),
+                  b_hn=candidate_bias_init(k_n, (hidden_size,), dtype))
+
+
+def init_carry(batch_shape: tuple[int, ...], hidden_size: int, *, dtype=jnp.float32) -> Carry:
+    """Zero state: h `[*batch_shape, H]`."""
+    return Carry(h=jnp.zeros((*batch_shape, hidden_size), dtype))
+
+
+def zero_carry(params: Params, batch_shape: tuple[int, ...]) -> Carry:
+    """`init_carry` with H and dtype read off `params`."""
+    return init_carry(batch_shape, params.w_h.shape[0], dtype=params.w_h.dtype)
+
+
+def project(params: Params, xs: jax.Array) -> jax.Array:
+    """Carry-independent part `x @ W + b`: xs `[..., I]` -> `[..., 3H]` (both variants)."""
+    checks.check_input(xs, params.w_x.shape[0], params.w_x.dtype, what="gru input")
+    return xs @ params.w_x + params.b
+
+
+def recur(params: Params, carry: Carry, xp: jax.Array, *,
+          variant: Variant = Variant.RESET_AFTER) -> tuple[Carry, jax.Array]:
+    """One step given the projected input xp `[..., 3H]`; returns (carry, h)."""
+    h = carry.h
+    x_r, x_z, x_n = jnp.split(xp, NUM_GATES, axis=-1)
+    if variant is Variant.RESET_AFTER:
+        h_r, h_z, h_n = jnp.split(h @ params.w_h, NUM_GATES, axis=-1)
+        r = jax.nn.sigmoid(x_r + h_r)
+        z = jax.nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + r * (h_n + params.b_hn))
+        h = (1.0 - z) * n + z * h
+    elif variant is Variant.RESET_BEFORE:
+        hidden = h.shape[-1]
+        h_r, h_z = jnp.split(h @ params.w_h[:, :2 * hidden], 2, axis=-1)
+        r = jax.nn.sigmoid(x_r + h_r)
+        z = jax.nn.sigmoid(x_z + h_z)
+        h_tilde = jnp.tanh(x_n + (r * h) @ params.w_h[:, 2 * hidden:] + params.b_hn)
+        h = (1.0 - z) * h + z * h_tilde
+    else:
+        raise ValueError(f"gru: unknown variant {variant!r}; valid: {[v.value for v in Variant]}")
+    return Carry(h=h), h
+
+
+def step(params: Params, carry: Carry, x: jax.Array, *,
+         variant: Variant = Variant.RESET_AFTER) -> tuple[Carry, jax.Array]:
+    """One time step. x: `[..., I]`; carry: Carry with h `[..., H]`. Returns (carry, h)."""
+    return recur(params, carry, project(params, x), variant=variant)
+
+
+def flip_update_gate(params: Params) -> Params:
+    """Converts params between the two update-gate sign conventions (an involution).
+
+    Negates z's pre-activation: `sigma(-a) = 1 - sigma(a)` turns `(1 - z) n + z h` into
+    `z' n + (1 - z') h`.
+    """
+    hidden = params.w_h.shape[0]
+    sign = jnp.ones((NUM_GATES * hidden,), params.b.dtype).at[hidden:2 * hidden].set(-1)
+    return params._replace(w_x=params.w_x * sign, w_h=params.w_h * sign, b=params.b * sign)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """The GRU functions with the variant bound, usable wherever a cell module is."""
+
+    variant: Variant = Variant.RESET_AFTER
+
+    init_params = staticmethod(init_params)
+    init_carry = staticmethod(init_carry)
+    zero_carry = staticmethod(zero_carry)
+    project = staticmethod(project)
+
+    def recur(self, params: Params, carry: Carry, xp: jax.Array) -> tuple[Carry, jax.Array]:
+        return recur(params, carry, xp, variant=self.variant)
+
+    def step(self, params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
+        return step(params, carry, x, variant=self.variant)
+
+
+def cell(variant: Variant | str = Variant.RESET_AFTER) -> Cell:
+    """A GRU cell object for `scan.run` and `layers`, e.g. `gru.cell("reset_before")`."""
+    try:
+        return Cell(Variant(variant))
+    except ValueError:
+        raise ValueError(f"gru variant: unknown {variant!r}; valid: "
+                         f"{[v.value for v in Variant]}") from None

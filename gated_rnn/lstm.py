@@ -1,0 +1,84 @@
+"""LSTM cell (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000).
+
+    i = sigma(W_i x + U_i h + b_i)      f = sigma(W_f x + U_f h + b_f)
+    g = tanh(W_g x + U_g h + b_g)       o = sigma(W_o x + U_o h + b_o)
+    c' = f * c + i * g                  h' = o * tanh(c')
+    with a projection (PyTorch's proj_size > 0): h' = (o * tanh(c')) @ W_hr
+
+Layout: `w_x: [I, 4H]`, `w_h: [P, 4H]`, `b: [4H]`, gate blocks in the order i, f, g, o
+(PyTorch's order, so its weights load by a transpose); `w_hr: [H, P]` or None, and P = H without
+a projection. PyTorch's two biases `b_ih + b_hh` are one sum, `b`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from gated_rnn import checks, initializers
+
+NUM_GATES = 4
+
+
+class Params(NamedTuple):
+    w_x: jax.Array                    # [I, 4H]
+    w_h: jax.Array                    # [P, 4H]
+    b: jax.Array                      # [4H]
+    w_hr: Optional[jax.Array] = None  # [H, P], projection of the output (None: P = H)
+
+
+class Carry(NamedTuple):
+    h: jax.Array  # [..., P] output / hidden state
+    c: jax.Array  # [..., H] cell state
+
+
+def init_params(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32,
+                proj_size: int = 0,
+                kernel_init=initializers.lecun_normal(),
+                recurrent_init=initializers.orthogonal_gates(NUM_GATES),
+                bias_init=initializers.zeros,
+                proj_init=initializers.lecun_normal()) -> Params:
+    """Draws `Params` for input size I, hidden size H and, if proj_size > 0, output size P."""
+    out = proj_size or hidden_size
+    k_x, k_h, k_b, k_r = jax.random.split(key, 4)
+    return Params(w_x=kernel_init(k_x, (input_size, NUM_GATES * hidden_size), dtype),
+                  w_h=recurrent_init(k_h, (out, NUM_GATES * hidden_size), dtype),
+                  b=bias_init(k_b, (NUM_GATES * hidden_size,), dtype),
+                  w_hr=proj_init(k_r, (hidden_size, proj_size), dtype) if proj_size else None)
+
+
+def init_carry(batch_shape: tuple[int, ...], hidden_size: int, *, dtype=jnp.float32,
+               proj_size: int = 0) -> Carry:
+    """Zero state: h `[*batch_shape, P]`, c `[*batch_shape, H]`."""
+    return Carry(h=jnp.zeros((*batch_shape, proj_size or hidden_size), dtype),
+                 c=jnp.zeros((*batch_shape, hidden_size), dtype))
+
+
+def zero_carry(params: Params, batch_shape: tuple[int, ...]) -> Carry:
+    """`init_carry` with sizes and dtype read off `params`."""
+    hidden = params.w_h.shape[1] // NUM_GATES
+    return init_carry(batch_shape, hidden, dtype=params.w_h.dtype,
+                      proj_size=0 if params.w_hr is None else params.w_hr.shape[1])
+
+
+def project(params: Params, xs: jax.Array) -> jax.Array:
+    """Carry-independent part `x @ W + b`: xs `[..., I]` -> `[..., 4H]`."""
+    checks.check_input(xs, params.w_x.shape[0], params.w_x.dtype, what="lstm input")
+    return xs @ params.w_x + params.b
+
+
+def recur(params: Params, carry: Carry, xp: jax.Array) -> tuple[Carry, jax.Array]:
+    """One step given the projected input xp `[..., 4H]`; returns (carry, h)."""
+    i, f, g, o = jnp.split(xp + carry.h @ params.w_h, NUM_GATES, axis=-1)
+    c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    if params.w_hr is not None:
+        h = h @ params.w_hr
+    return Carry(h=h, c=c), h
+
+
+def step(params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
+    """One time step. x: `[..., I]`; carry: Carry with h `[..., P]`, c `[..., H]`. Returns (carry, h)."""
+    return recur(params, carry, project(params, x))

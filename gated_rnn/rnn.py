@@ -1,0 +1,65 @@
+"""Plain tanh RNN: the baseline the gated cells are compared with.
+
+    h' = tanh(W x + U h + b)
+
+`w_x: [I, H]`, `w_h: [H, H]`, `b: [H]`; row-vector layout (`x @ w_x`), as Flax `Dense`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gated_rnn import checks, initializers
+
+NUM_GATES = 1
+
+
+class Params(NamedTuple):
+    w_x: jax.Array  # [I, H]
+    w_h: jax.Array  # [H, H]
+    b: jax.Array    # [H]
+
+
+class Carry(NamedTuple):
+    h: jax.Array  # [..., H]
+
+
+def init_params(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32,
+                kernel_init=initializers.lecun_normal(),
+                recurrent_init=initializers.orthogonal_gates(NUM_GATES),
+                bias_init=initializers.zeros) -> Params:
+    """Draws `Params` for input size I and hidden size H (orthogonal U, Lecun-normal W, b = 0)."""
+    k_x, k_h, k_b = jax.random.split(key, 3)
+    return Params(w_x=kernel_init(k_x, (input_size, hidden_size), dtype),
+                  w_h=recurrent_init(k_h, (hidden_size, hidden_size), dtype),
+                  b=bias_init(k_b, (hidden_size,), dtype))
+
+
+def init_carry(batch_shape: tuple[int, ...], hidden_size: int, *, dtype=jnp.float32) -> Carry:
+    """Zero state: h `[*batch_shape, H]`."""
+    return Carry(h=jnp.zeros((*batch_shape, hidden_size), dtype))
+
+
+def zero_carry(params: Params, batch_shape: tuple[int, ...]) -> Carry:
+    """`init_carry` with H and dtype read off `params`."""
+    return init_carry(batch_shape, params.w_h.shape[0], dtype=params.w_h.dtype)
+
+
+def project(params: Params, xs: jax.Array) -> jax.Array:
+    """Carry-independent part `x @ W + b`: xs `[..., I]` -> `[..., H]`."""
+    checks.check_input(xs, params.w_x.shape[0], params.w_x.dtype, what="rnn input")
+    return xs @ params.w_x + params.b
+
+
+def recur(params: Params, carry: Carry, xp: jax.Array) -> tuple[Carry, jax.Array]:
+    """One step given the projected input xp `[..., H]`; returns (carry, h)."""
+    h = jnp.tanh(xp + carry.h @ params.w_h)
+    return Carry(h=h), h
+
+
+def step(params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
+    """One time step. x: `[..., I]`; carry: Carry with h `[..., H]`. Returns (carry, h)."""
+    return recur(params, carry, project(params, x))
