@@ -40,3 +40,9 @@ def check_carry(carry, expected, *, what: str = "carry") -> None:
                           jax.tree_util.tree_leaves(carry), jax.tree_util.tree_leaves(expected)):
         if np.shape(a) != np.shape(b):
             raise ValueError(f"{what}.{name}: expected shape {np.shape(b)}, got {np.shape(a)}")
+
+
+def lift(b: jax.Array, ndim: int) -> jax.Array:
+    """A bias `[N]` as `[1, ..., 1, N]` of rank `ndim`: explicit broadcasting, so the library
+    runs under `jax_numpy_rank_promotion="raise"` (which the tests enable)."""
+    return jnp.reshape(b, (1,) * (ndim - 1) + b.shape)

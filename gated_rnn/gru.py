@@ -87,29 +87,42 @@ def zero_carry(params: Params, batch_shape: tuple[int, ...]) -> Carry:
 def project(params: Params, xs: jax.Array) -> jax.Array:
     """Carry-independent part `x @ W + b`: xs `[..., I]` -> `[..., 3H]` (both variants)."""
     checks.check_input(xs, params.w_x.shape[0], params.w_x.dtype, what="gru input")
-    return xs @ params.w_x + params.b
+    return xs @ params.w_x + checks.lift(params.b, xs.ndim)
 
 
 def recur(params: Params, carry: Carry, xp: jax.Array, *,
           variant: Variant = Variant.RESET_AFTER) -> tuple[Carry, jax.Array]:
     """One step given the projected input xp `[..., 3H]`; returns (carry, h)."""
     h = carry.h
-    x_r, x_z, x_n = jnp.split(xp, NUM_GATES, axis=-1)
     if variant is Variant.RESET_AFTER:
-        h_r, h_z, h_n = jnp.split(h @ params.w_h, NUM_GATES, axis=-1)
-        r = jax.nn.sigmoid(x_r + h_r)
-        z = jax.nn.sigmoid(x_z + h_z)
-        n = jnp.tanh(x_n + r * (h_n + params.b_hn))
-        h = (1.0 - z) * n + z * h
+        return update(params, carry, xp, h @ params.w_h)
     elif variant is Variant.RESET_BEFORE:
         hidden = h.shape[-1]
-        h_r, h_z = jnp.split(h @ params.w_h[:, :2 * hidden], 2, axis=-1)
-        r = jax.nn.sigmoid(x_r + h_r)
-        z = jax.nn.sigmoid(x_z + h_z)
-        h_tilde = jnp.tanh(x_n + (r * h) @ params.w_h[:, 2 * hidden:] + params.b_hn)
+        x_rz, x_n = xp[..., :2 * hidden], xp[..., 2 * hidden:]
+        # One sigmoid over r and z together (see `update`).
+        r, z = jnp.split(jax.nn.sigmoid(x_rz + h @ params.w_h[:, :2 * hidden]), 2, axis=-1)
+        h_tilde = jnp.tanh(x_n + (r * h) @ params.w_h[:, 2 * hidden:]
+                           + checks.lift(params.b_hn, h.ndim))
         h = (1.0 - z) * h + z * h_tilde
     else:
         raise ValueError(f"gru: unknown variant {variant!r}; valid: {[v.value for v in Variant]}")
+    return Carry(h=h), h
+
+
+def update(params: Params, carry: Carry, xp: jax.Array, hz: jax.Array) -> tuple[Carry, jax.Array]:
+    """RESET_AFTER's elementwise rest of a step, given xp and hz = `carry.h @ w_h` (`[..., 3H]`).
+
+    Split from `recur` so the fused scan (`gated_rnn.fused`) can do the recurrent matmul itself
+    and take the weight gradient `dw_h` out of the reverse loop. (RESET_BEFORE has a second,
+    r-dependent matmul, so it has no such split.)
+    """
+    x_n = jnp.split(xp, NUM_GATES, axis=-1)[2]
+    h_n = jnp.split(hz, NUM_GATES, axis=-1)[2]
+    # One sigmoid over the full width (the n block's share is discarded): on column slices
+    # XLA:CPU emits scalar exp, as costly as the matmul.
+    r, z, _ = jnp.split(jax.nn.sigmoid(xp + hz), NUM_GATES, axis=-1)
+    n = jnp.tanh(x_n + r * (h_n + checks.lift(params.b_hn, hz.ndim)))
+    h = (1.0 - z) * n + z * carry.h
     return Carry(h=h), h
 
 
@@ -127,7 +140,8 @@ def flip_update_gate(params: Params) -> Params:
     """
     hidden = params.w_h.shape[0]
     sign = jnp.ones((NUM_GATES * hidden,), params.b.dtype).at[hidden:2 * hidden].set(-1)
-    return params._replace(w_x=params.w_x * sign, w_h=params.w_h * sign, b=params.b * sign)
+    return params._replace(w_x=params.w_x * sign[None, :], w_h=params.w_h * sign[None, :],
+                           b=params.b * sign)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,14 +66,29 @@ def zero_carry(params: Params, batch_shape: tuple[int, ...]) -> Carry:
 def project(params: Params, xs: jax.Array) -> jax.Array:
     """Carry-independent part `x @ W + b`: xs `[..., I]` -> `[..., 4H]`."""
     checks.check_input(xs, params.w_x.shape[0], params.w_x.dtype, what="lstm input")
-    return xs @ params.w_x + params.b
+    return xs @ params.w_x + checks.lift(params.b, xs.ndim)
 
 
 def recur(params: Params, carry: Carry, xp: jax.Array) -> tuple[Carry, jax.Array]:
     """One step given the projected input xp `[..., 4H]`; returns (carry, h)."""
-    i, f, g, o = jnp.split(xp + carry.h @ params.w_h, NUM_GATES, axis=-1)
-    c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return update(params, carry, xp, carry.h @ params.w_h)
+
+
+def update(params: Params, carry: Carry, xp: jax.Array, hz: jax.Array) -> tuple[Carry, jax.Array]:
+    """The elementwise rest of a step, given xp `[..., 4H]` and hz = `carry.h @ w_h` `[..., 4H]`.
+
+    Split from `recur` so the fused scan (`gated_rnn.fused`) can do the recurrent matmul itself
+    and take the weight gradient `dw_h` out of the reverse loop.
+    """
+    pre = xp + hz
+    # One full-width sigmoid and one full-width tanh, then a select. Activations applied to
+    # column slices of `pre` compile to scalar exp/tanh on XLA:CPU, as costly as the matmul.
+    gate_is_g = checks.lift(jnp.arange(pre.shape[-1]) // (pre.shape[-1] // NUM_GATES) == 2,
+                            pre.ndim)
+    i, f, g, o = jnp.split(jnp.where(gate_is_g, jnp.tanh(pre), jax.nn.sigmoid(pre)),
+                           NUM_GATES, axis=-1)
+    c = f * carry.c + i * g
+    h = o * jnp.tanh(c)
     if params.w_hr is not None:
         h = h @ params.w_hr
     return Carry(h=h, c=c), h

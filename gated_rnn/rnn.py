@@ -51,12 +51,21 @@ def zero_carry(params: Params, batch_shape: tuple[int, ...]) -> Carry:
 def project(params: Params, xs: jax.Array) -> jax.Array:
     """Carry-independent part `x @ W + b`: xs `[..., I]` -> `[..., H]`."""
     checks.check_input(xs, params.w_x.shape[0], params.w_x.dtype, what="rnn input")
-    return xs @ params.w_x + params.b
+    return xs @ params.w_x + checks.lift(params.b, xs.ndim)
 
 
 def recur(params: Params, carry: Carry, xp: jax.Array) -> tuple[Carry, jax.Array]:
     """One step given the projected input xp `[..., H]`; returns (carry, h)."""
-    h = jnp.tanh(xp + carry.h @ params.w_h)
+    return update(params, carry, xp, carry.h @ params.w_h)
+
+
+def update(params: Params, carry: Carry, xp: jax.Array, hz: jax.Array) -> tuple[Carry, jax.Array]:
+    """The elementwise rest of a step, given xp `[..., H]` and hz = `carry.h @ w_h` `[..., H]`.
+
+    Split from `recur` for the fused scan (`gated_rnn.fused`), which does the matmul itself.
+    """
+    del params  # the RNN's update has no parameters of its own
+    h = jnp.tanh(xp + hz)
     return Carry(h=h), h
 
 
