@@ -13,7 +13,8 @@ Modules (import the module, call its functions: `from gated_rnn import lstm; lst
   interop           PyTorch state_dict <-> params (NumPy only)
 """
 
-from gated_rnn import checks, gru, initializers, layers, lstm, rnn, scan
+from gated_rnn import checks, gru, initializers, interop, layers, lstm, rnn, scan
 
-__all__ = ["checks", "gru", "initializers", "layers", "lstm", "rnn", "scan"]
+# `modules` (Flax) is imported on use: `from gated_rnn import modules`.
+__all__ = ["checks", "gru", "initializers", "interop", "layers", "lstm", "rnn", "scan"]
 __version__ = "0.1.0"
