@@ -1,0 +1,101 @@
+"""Shared pieces of the task configs (`copy.py`, `adding.py`).
+
+Each config file defines `get_config(arg=None) -> ConfigDict`. `arg` is what follows the colon in
+`--config=experiments/configs/copy.py:ARG`, a comma-separated list of:
+  smoke        tiny sizes for tests and CI (a run takes seconds);
+  seq_len=N    the task length T (the same as `--config.seq_len=N`; kept for sweeps' file specs).
+e.g. `copy.py:smoke`, `copy.py:seq_len=200`, `copy.py:smoke,seq_len=50`. Plain values are set with
+`--config.FIELD=VALUE` (e.g. `--config.model.cell=gru --config.train.steps=5000`).
+
+Fields (users type these names):
+  seq_len, seed, num_seeds (seed i of S trains with seed + i, in one vmapped program)
+  task.name, task.<options>   (copy: variable_delay; adding: form)
+  model.cell (rnn/lstm/gru), model.gru_variant (reset_after/reset_before), model.hidden_size,
+  model.num_layers, model.init (default/forget_bias/chrono/torch), model.forget_bias,
+  model.chrono_max_len (unset: the task's input length), model.unroll
+  train.steps, train.batch_size, train.optimizer (rmsprop/adam), train.learning_rate,
+  train.rmsprop_decay, train.eps, train.clip (global-norm clip; 0 disables),
+  train.schedule (constant/cosine/warmup_cosine), train.warmup_steps, train.log_every,
+  train.eval_every, train.checkpoint_every, train.max_checkpoints, train.progress_every_secs
+  eval.batch_size, eval.seq_lens (extra lengths to evaluate at, e.g. "(200,400)")
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields common to every task; the task configs set the task and the published sizes."""
+    c = ml_collections.ConfigDict()
+    c.task = ml_collections.ConfigDict({"name": ""})
+    c.seq_len = 100
+    c.seed = 0
+    c.num_seeds = 1
+
+    c.model = ml_collections.ConfigDict()
+    c.model.cell = "lstm"
+    c.model.gru_variant = "reset_after"
+    c.model.hidden_size = 128
+    c.model.num_layers = 1
+    c.model.init = "default"
+    c.model.forget_bias = 1.0
+    c.model.chrono_max_len = config_dict.placeholder(int)
+    c.model.unroll = 1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 20_000
+    c.train.batch_size = 20
+    c.train.optimizer = "rmsprop"
+    c.train.learning_rate = 1e-3
+    c.train.rmsprop_decay = 0.9
+    c.train.eps = 1e-8
+    c.train.clip = 1.0
+    c.train.schedule = "constant"
+    c.train.warmup_steps = 0
+    c.train.log_every = 100
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 1000
+    c.train.max_checkpoints = 2
+    c.train.progress_every_secs = 10.0
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 1000
+    c.eval.seq_lens = ()
+    return c
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> None:
+    """Tiny sizes: a whole run takes seconds on a CPU (tests, CI)."""
+    c.model.hidden_size = 16
+    c.train.steps = 40
+    c.train.batch_size = 8
+    c.train.log_every = 10
+    c.train.eval_every = 20
+    c.train.checkpoint_every = 20
+    c.train.progress_every_secs = 1.0
+    c.eval.batch_size = 32
+
+
+def apply_arg(c: ml_collections.ConfigDict, arg: Optional[str], smoke_seq_len: int) -> None:
+    """Applies a `get_config` argument ("smoke", "seq_len=N", comma-separated) to `c`."""
+    tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
+    seq_len = None
+    for token in tokens:
+        if token == "smoke":
+            apply_smoke(c)
+            c.seq_len = smoke_seq_len
+        elif token.startswith("seq_len="):
+            value = token.split("=", 1)[1]
+            try:
+                seq_len = int(value)
+            except ValueError:
+                raise ValueError(f"config arg: seq_len must be an integer, got {value!r}") from None
+        else:
+            raise ValueError(f"config arg: unknown token {token!r} in {arg!r}; valid: 'smoke', "
+                             f"'seq_len=N', comma-separated (e.g. 'smoke,seq_len=50')")
+    if seq_len is not None:  # after presets, whatever the order
+        c.seq_len = seq_len

@@ -1,0 +1,70 @@
+"""The model of every task: encoded inputs -> a gated_rnn.layers stack -> a linear readout.
+
+Inputs arrive encoded by the task (one-hot symbols for copy, value and marker channels for
+adding), so the model has no task-specific code: only the readout's place (every step or the last
+step) comes from the task.
+
+Readout init: weights Lecun-normal (std 1/sqrt(H)), bias zero, so the initial outputs have
+roughly unit scale whatever H is (Flax `Dense`'s default).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from experiments import tasks
+from gated_rnn import initializers, layers
+
+
+class Model(NamedTuple):
+    """Static description of the model (hashable)."""
+
+    spec: layers.Spec
+    output_size: int
+    readout: tasks.Readout
+
+
+def from_config(config: ml_collections.ConfigDict, task: tasks.Task) -> Model:
+    """Builds the Model from the config's `model` section and the task (strings -> enums here).
+
+    Chrono's T_max is the task's input length unless `model.chrono_max_len` is set: no dependency
+    in the input spans more steps than that.
+    """
+    m = config.model
+    chrono_max_len = m.chrono_max_len if m.chrono_max_len is not None else task.length
+    spec = layers.Spec(cell=m.cell, input_size=task.input_size, hidden_size=m.hidden_size,
+                       num_layers=m.num_layers, gru_variant=m.gru_variant, init=m.init,
+                       forget_bias=m.forget_bias, chrono_max_len=chrono_max_len, unroll=m.unroll)
+    return Model(spec=spec, output_size=task.output_size, readout=tasks.Readout(task.readout))
+
+
+def init(key: jax.Array, model: Model) -> dict[str, Any]:
+    """Draws params: {"rnn": stack params, "readout": {"w": [H, O], "b": [O]}}."""
+    k_rnn, k_out = jax.random.split(key)
+    hidden = layers.output_size(model.spec)
+    return {"rnn": layers.init(k_rnn, model.spec),
+            "readout": {"w": initializers.lecun_normal()(k_out, (hidden, model.output_size),
+                                                         jnp.float32),
+                        "b": jnp.zeros((model.output_size,), jnp.float32)}}
+
+
+def apply(model: Model, params: dict[str, Any], inputs: jax.Array) -> jax.Array:
+    """Runs the model.
+
+    Args:
+      model: the Model.
+      params: from `init`.
+      inputs: [B, T, I] encoded inputs.
+
+    Returns:
+      [B, T, O] outputs at every step (Readout.ALL) or [B, O] at the last step (Readout.LAST).
+    """
+    ys, _ = layers.apply(model.spec, params["rnn"], inputs)
+    if model.readout is tasks.Readout.LAST:
+        ys = ys[:, -1]
+    b = params["readout"]["b"]
+    return ys @ params["readout"]["w"] + b.reshape((1,) * (ys.ndim - 1) + b.shape)

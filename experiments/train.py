@@ -1,0 +1,534 @@
+"""The training loop for every task: `train_and_evaluate(config, workdir)`.
+
+Pieces, each usable alone (tests, notebooks):
+  make_setup(config)          the boundary: config strings -> Task, Model, optax optimizer
+  make_optimizer(config)      clip_by_global_norm -> rmsprop / adam, with an optional schedule
+  create_train_state(...)     S independent models stacked on a leading seed axis
+  loss_fn(setup, params, batch)           -> (loss, metrics), one model
+  train_step(setup, state, batch)         jitted, vmapped over seeds -> (state, metrics)
+  sample_batch(setup, state)              jitted: the training batch of step state.step
+  eval_step(setup, task, params, key)     jitted: metrics on a fixed eval batch
+  evaluate(setup, state)                  every eval split -> {split: metrics [S]}
+  save_checkpoint / restore_checkpoint    orbax CheckpointManager in workdir/checkpoints
+
+Seeds: `num_seeds = S` trains S models with `jax.vmap` over a leading axis of the whole state, in
+one compiled step. Seed i of a run with base seed s is built from `jax.random.key(s + i)` alone
+(init key fold_in(k, 0), data key fold_in(k, 1), eval key fold_in(k, 2)), so it is the same
+model as a run with `seed = s + i, num_seeds = 1`.
+
+Data: the batch of step n (n = 0, 1, ...) is `task.sample(fold_in(data_key, n), batch_size)`,
+drawn on the device; eval batches come from the eval key and are the same at every evaluation.
+
+Outputs in the workdir: metrics.jsonl (one JSON row per logged step and split), tb/ (TensorBoard
+events with the same curves), checkpoints/ (orbax), config.json, and result.json when the run has
+finished. Rerunning the same command in the same workdir resumes from the latest checkpoint and
+ends bitwise equal to an uninterrupted run (CPU; tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tensorboardX
+from absl import logging
+
+from experiments import model as model_lib
+from experiments import tasks
+
+OPTIMIZERS = {
+    "rmsprop": lambda lr, t: optax.rmsprop(lr, decay=t.rmsprop_decay, eps=t.eps),
+    "adam": lambda lr, t: optax.adam(lr, eps=t.eps),
+}
+SCHEDULES = ("constant", "cosine")
+EVAL = "eval"  # the split of the evaluation at the training length
+
+
+class TrainState(NamedTuple):
+    """Everything a run needs to continue; every field has a leading seed axis [S].
+
+    step: [S] int32 number of steps taken (equal across seeds).
+    params: model params (see `model.init`).
+    opt_state: the optax state.
+    data_key: [S, 2] uint32 raw key data of the training stream (`jax.random.key_data`).
+    eval_key: [S, 2] uint32 raw key data of the fixed eval batches.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    data_key: jax.Array
+    eval_key: jax.Array
+
+
+class Setup(NamedTuple):
+    """Typed, hashable view of a config (a static argument of the jitted steps)."""
+
+    task: tasks.Task
+    eval_tasks: tuple  # (Task, ...) at the extra eval lengths
+    model: model_lib.Model
+    optimizer: optax.GradientTransformation
+    batch_size: int
+    eval_batch_size: int
+
+
+def quiet_orbax_logs() -> None:
+    """Drops orbax's INFO lines (a few dozen per save) from absl's log; warnings still show."""
+    def keep(record) -> bool:
+        return record.levelno >= 30 or "orbax" not in record.pathname  # 30: Python's WARNING
+    logging.get_absl_logger().addFilter(keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# The boundary: config -> typed values.
+
+def _check_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad field (before anything is compiled or written)."""
+    for name in ("seq_len", "num_seeds", "model.hidden_size", "model.num_layers", "train.steps",
+                 "train.batch_size", "train.log_every", "train.eval_every",
+                 "train.checkpoint_every", "train.max_checkpoints", "eval.batch_size"):
+        section, _, field = name.rpartition(".")
+        _check_int(name, (config[section] if section else config)[field])
+    _check_int("seed", config.seed, minimum=0)
+    _check_int("train.warmup_steps", config.train.warmup_steps, minimum=0)
+    for length in config.eval.seq_lens:
+        _check_int("eval.seq_lens", length)
+    t = config.train
+    if t.optimizer not in OPTIMIZERS:
+        raise ValueError(f"train.optimizer: unknown {t.optimizer!r}; valid: {sorted(OPTIMIZERS)}")
+    if t.schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule: unknown {t.schedule!r}; valid: {list(SCHEDULES)}")
+    if not t.learning_rate > 0:
+        raise ValueError(f"train.learning_rate: expected > 0, got {t.learning_rate!r}")
+    if not t.clip >= 0:
+        raise ValueError(f"train.clip: expected >= 0 (0 disables clipping), got {t.clip!r}")
+    if t.warmup_steps >= t.steps and t.warmup_steps > 0:
+        raise ValueError(f"train.warmup_steps: expected < train.steps={t.steps}, "
+                         f"got {t.warmup_steps}")
+
+
+def make_task(config: ml_collections.ConfigDict, seq_len: Optional[int] = None) -> tasks.Task:
+    """The config's task at `seq_len` (default: config.seq_len); options from `config.task`."""
+    options = {k: v for k, v in config.task.items() if k != "name"}
+    return tasks.make(config.task.name, seq_len=seq_len or config.seq_len, **options)
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> optax.ScalarOrSchedule:
+    """Learning rate: constant or cosine decay to 0 over train.steps, after a linear warmup."""
+    t = config.train
+    if t.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if t.warmup_steps else t.learning_rate, peak_value=t.learning_rate,
+            warmup_steps=t.warmup_steps, decay_steps=t.steps)
+    if t.warmup_steps:
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
+             optax.constant_schedule(t.learning_rate)], [t.warmup_steps])
+    return t.learning_rate  # a plain float keeps no step count in the optimizer state
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """clip_by_global_norm(train.clip) (skipped when 0), then rmsprop or adam at the schedule."""
+    t = config.train
+    opt = OPTIMIZERS[t.optimizer](make_schedule(config), t)
+    if t.clip > 0:
+        opt = optax.chain(optax.clip_by_global_norm(t.clip), opt)
+    return opt
+
+
+_SETUPS: dict[str, Setup] = {}  # config -> Setup, so equal configs share compiled steps
+_MAX_SETUPS = 32
+
+
+def make_setup(config: ml_collections.ConfigDict) -> Setup:
+    """Validates the config and builds the typed Setup: task, model, optimizer, sizes.
+
+    Equal configs (up to seed and num_seeds, which the Setup does not hold) give the same Setup
+    object, so a rerun in the same process (a resumed run, a test) reuses the compiled steps.
+    """
+    validate_config(config)
+    fields = {k: v for k, v in config.to_dict().items() if k not in ("seed", "num_seeds")}
+    cache_key = json.dumps(fields, sort_keys=True, default=repr)
+    if cache_key not in _SETUPS:
+        task = make_task(config)
+        eval_tasks = tuple(make_task(config, length) for length in config.eval.seq_lens)
+        if len(_SETUPS) >= _MAX_SETUPS:
+            _SETUPS.pop(next(iter(_SETUPS)))
+        _SETUPS[cache_key] = Setup(
+            task=task, eval_tasks=eval_tasks, model=model_lib.from_config(config, task),
+            optimizer=make_optimizer(config), batch_size=config.train.batch_size,
+            eval_batch_size=config.eval.batch_size)
+    return _SETUPS[cache_key]
+
+
+# ---------------------------------------------------------------------------------------------
+# State and steps.
+
+def _seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    root = jax.random.key(seed)
+    return tuple(jax.random.fold_in(root, i) for i in range(3))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_one(setup: Setup, seed: jax.Array) -> TrainState:
+    init_key, data_key, eval_key = _seed_keys(seed)
+    params = model_lib.init(init_key, setup.model)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=setup.optimizer.init(params),
+                      data_key=jax.random.key_data(data_key),
+                      eval_key=jax.random.key_data(eval_key))
+
+
+def create_train_state(setup: Setup, seed: int, num_seeds: int = 1) -> TrainState:
+    """Fresh state of `num_seeds` models, seeds seed .. seed + num_seeds - 1, stacked [S, ...].
+
+    Each seed is initialised on its own (not vmapped), so seed i's params are exactly those of a
+    single-seed run with seed + i.
+    """
+    states = [_init_one(setup, jnp.asarray(seed + i, jnp.uint32)) for i in range(num_seeds)]
+    # Committed to the device like a state restored by orbax, so that train_step's compile
+    # cache (which keys on commitment) is shared by fresh and resumed runs.
+    return jax.device_put(_stack(states), jax.devices()[0])
+
+
+@jax.jit
+def _stack(states: list[TrainState]) -> TrainState:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def loss_fn(setup: Setup, params: Any, batch: tasks.Batch) -> tuple[jax.Array, dict]:
+    """Loss and metrics of one model on one batch."""
+    outputs = model_lib.apply(setup.model, params, batch.inputs)
+    return setup.task.loss_and_metrics(outputs, batch)
+
+
+def _train_step_one(setup: Setup, state: TrainState, batch: tasks.Batch):
+    # The one place gradients are computed and applied.
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, setup), has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch)
+    updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    return state._replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def train_step(setup: Setup, state: TrainState, batch: tasks.Batch) -> tuple[TrainState, dict]:
+    """One optimizer step of every seed.
+
+    Args:
+      setup: the Setup (static).
+      state: TrainState with leading seed axis [S].
+      batch: Batch with leading seed axis, inputs [S, B, T, I].
+
+    Returns:
+      (new state, metrics {name: [S]}): the task's metrics on this batch (before the update)
+      and the gradient's global norm.
+    """
+    return jax.vmap(functools.partial(_train_step_one, setup))(state, batch)
+
+
+def _sample_one(task: tasks.Task, batch_size: int, key_data: jax.Array, index: jax.Array):
+    key = jax.random.fold_in(jax.random.wrap_key_data(key_data), index)
+    return task.sample(key, batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def sample_batch(setup: Setup, state: TrainState) -> tasks.Batch:
+    """The training batch of step `state.step` of every seed: inputs [S, B, T, I]."""
+    sample = functools.partial(_sample_one, setup.task, setup.batch_size)
+    return jax.vmap(sample)(state.data_key, state.step)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def eval_step(setup: Setup, task: tasks.Task, params: Any, eval_key: jax.Array) -> dict:
+    """Metrics {name: [S]} of every seed on its fixed eval batch of `task`.
+
+    The eval batch is drawn from fold_in(eval_key, task.seq_len), the same at every call.
+    """
+    def one(params, key_data):
+        batch = _sample_one(task, setup.eval_batch_size, key_data, task.seq_len)
+        outputs = model_lib.apply(setup.model, params, batch.inputs)
+        return task.loss_and_metrics(outputs, batch)[1]
+    return jax.vmap(one)(params, eval_key)
+
+
+def evaluate(setup: Setup, state: TrainState) -> dict[str, dict[str, np.ndarray]]:
+    """Evaluates every seed: {split: {metric: [S] numpy}}, with per-seed "solved" for each split.
+
+    Splits: "eval" at the training length, "eval_T{L}" for each extra length L.
+    """
+    results = {}
+    for split, task in [(EVAL, setup.task)] + [(f"eval_T{t.seq_len}", t)
+                                              for t in setup.eval_tasks]:
+        metrics = jax.device_get(eval_step(setup, task, state.params, state.eval_key))
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        metrics["solved"] = np.asarray(task.solved(metrics))
+        results[split] = metrics
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints.
+
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    """The run's orbax CheckpointManager in workdir/checkpoints."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.train.max_checkpoints, create=True)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                 options=options)
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, step: int) -> None:
+    """Saves `state` as checkpoint `step` (asynchronously; committed by an atomic rename)."""
+    manager.save(step, args=ocp.args.StandardSave(state))
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager,
+                       target: TrainState) -> Optional[TrainState]:
+    """The latest checkpoint restored into `target`'s structure, or None if there is none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics files.
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_rows(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _to_json(value: Any) -> Any:
+    value = np.asarray(value)
+    return value.tolist() if value.dtype != np.bool_ else [bool(v) for v in value.ravel()]
+
+
+class MetricsLog:
+    """metrics.jsonl + TensorBoard; on resume keeps only the rows up to the restored step."""
+
+    def __init__(self, workdir: str, start_step: int, seeds: list[int]):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.rows = [r for r in _read_rows(self.path) if r["step"] <= start_step]
+        _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        self.file = open(self.path, "a")
+        self.seeds = seeds
+        # purge_step drops TensorBoard events past the restored step, as for the jsonl rows.
+        self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"),
+                                             purge_step=start_step + 1 if start_step else None)
+
+    def write(self, step: int, split: str, metrics: dict[str, np.ndarray], **extra: Any) -> dict:
+        """Writes one row: means over seeds at the top level, every seed under "per_seed"."""
+        row = {"step": step, "split": split}
+        for name, values in metrics.items():
+            if name != "solved":
+                row[name] = float(np.mean(values))
+        row.update({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                    for k, v in extra.items()})
+        row["per_seed"] = {name: _to_json(values) for name, values in metrics.items()}
+        self.rows.append(row)
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        for name, values in metrics.items():
+            self.tb.add_scalar(f"{split}/{name}", float(np.mean(values)), step)
+            if len(self.seeds) > 1:
+                for seed, v in zip(self.seeds, np.asarray(values, np.float64)):
+                    self.tb.add_scalar(f"{split}/{name}/seed_{seed}", float(v), step)
+        return row
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+def _result(config: ml_collections.ConfigDict, setup: Setup, rows: list[dict],
+            seeds: list[int]) -> dict:
+    """result.json's content from the logged eval rows (the last one is the final eval)."""
+    evals = [r for r in rows if r["split"] == EVAL]
+    final = evals[-1]["per_seed"]
+    per_seed = []
+    for i, seed in enumerate(seeds):
+        solved_at = [r["step"] for r in evals if r["per_seed"]["solved"][i]]
+        per_seed.append({"seed": seed, "loss": final["loss"][i],
+                         "normalized_loss": final["normalized_loss"][i],
+                         "accuracy": final["accuracy"][i], "solved": final["solved"][i],
+                         "steps_to_solve": solved_at[0] if solved_at else None})
+    m = config.model
+    result = {
+        "task": setup.task.name, "seq_len": config.seq_len, "cell": m.cell,
+        "gru_variant": m.gru_variant, "init": m.init, "hidden_size": m.hidden_size,
+        "num_layers": m.num_layers, "baseline": setup.task.baseline,
+        "solved_criterion": setup.task.criterion, "steps": config.train.steps,
+        "num_seeds": config.num_seeds, "seeds": per_seed,
+        "solved_fraction": float(np.mean([s["solved"] for s in per_seed])),
+        "wall_time_s": rows[-1]["wall_time_s"], "steps_per_sec": evals[-1]["steps_per_sec"],
+        "extra_evals": {r["split"]: {k: r["per_seed"][k] for k in
+                                     ("loss", "normalized_loss", "accuracy", "solved")}
+                        for r in rows if r["split"].startswith("eval_T")
+                        and r["step"] == evals[-1]["step"]},
+        "config": config.to_dict(),
+    }
+    return result
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def _mean_and_check(pending: list[dict], step: int, seeds: list[int],
+                    manager: ocp.CheckpointManager) -> dict[str, np.ndarray]:
+    """The host sync: per-seed means of the pending step metrics; stops on a non-finite one."""
+    fetched = jax.device_get(pending)
+    mean = {k: np.mean([m[k] for m in fetched], axis=0) for k in fetched[0]}
+    bad = ~(np.isfinite(mean["loss"]) & np.isfinite(mean["grad_norm"]))
+    if bad.any():
+        raise FloatingPointError(
+            f"non-finite loss or gradient by step {step} for seed(s) "
+            f"{[s for s, b in zip(seeds, bad) if b]}; last checkpoint: step "
+            f"{manager.latest_step()} (nothing non-finite was saved)")
+    return mean
+
+
+class _Clock:
+    """Wall time across resumes, and steps/s between logs without compilation, evals and saves."""
+
+    def __init__(self, start_step: int, wall_offset: float):
+        self.t0, self.offset = time.time(), wall_offset
+        self.mark_time, self.mark_step, self.paused_s = None, start_step, 0.0
+        self.rate, self.last_report = float("nan"), 0.0
+
+    def wall(self) -> float:
+        return self.offset + time.time() - self.t0
+
+    def first_step(self, step: int, metrics: Any) -> None:
+        if self.mark_time is None:
+            jax.block_until_ready(metrics)
+            self.mark_time, self.mark_step = time.time(), step
+            logging.info("First step (with compilation) took %.1f s.", self.mark_time - self.t0)
+
+    def lap(self, step: int) -> float:
+        now = time.time()
+        if step > self.mark_step:
+            self.rate = (step - self.mark_step) / max(now - self.mark_time - self.paused_s, 1e-9)
+        self.mark_time, self.mark_step, self.paused_s = now, step, 0.0
+        return self.rate
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.time()
+        yield
+        self.paused_s += time.time() - t
+
+    def report_due(self, every_secs: float) -> bool:
+        if time.time() - self.last_report < every_secs:
+            return False
+        self.last_report = time.time()
+        return True
+
+
+def _log_eval(log: MetricsLog, setup: Setup, state: TrainState, step: int,
+              config: ml_collections.ConfigDict, clock: _Clock) -> None:
+    for split, metrics in evaluate(setup, state).items():
+        seq_len = int(split[len("eval_T"):]) if split.startswith("eval_T") else config.seq_len
+        log.write(step, split, metrics, seq_len=seq_len, steps_per_sec=clock.rate,
+                  wall_time_s=clock.wall())
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains `config.num_seeds` models on the config's task; resumes from workdir if possible.
+
+    Args:
+      config: a task config (see experiments/configs).
+      workdir: directory for checkpoints, metrics.jsonl, tb/ and result.json.
+
+    Returns:
+      The final TrainState (leading seed axis [S]).
+    """
+    setup = make_setup(config)
+    t = config.train
+    seeds = [config.seed + i for i in range(config.num_seeds)]
+    os.makedirs(workdir, exist_ok=True)
+    _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    manager = checkpoint_manager(workdir, config)
+    state = create_train_state(setup, config.seed, config.num_seeds)
+    start = 0
+    restored = restore_checkpoint(manager, state)
+    if restored is not None:
+        state, start = restored, int(restored.step[0])
+        logging.info("Resuming %s from step %d.", workdir, start)
+    log = MetricsLog(workdir, start, seeds)
+    clock = _Clock(start, log.rows[-1]["wall_time_s"] if log.rows else 0.0)
+    pending = []
+    try:
+        for step in range(start + 1, t.steps + 1):
+            state, metrics = train_step(setup, state, sample_batch(setup, state))
+            pending.append(metrics)
+            clock.first_step(step, metrics)
+            last = step == t.steps
+            if step % t.log_every == 0 or step % t.checkpoint_every == 0 or last:
+                mean = _mean_and_check(pending, step, seeds, manager)
+            if step % t.log_every == 0 or last:
+                pending = []
+                log.write(step, "train", mean, steps_per_sec=clock.lap(step),
+                          wall_time_s=clock.wall())
+                if clock.report_due(t.progress_every_secs) or last:
+                    logging.info("step %d/%d  loss/baseline %.4f  accuracy %.3f  %.1f steps/s  "
+                                 "ETA %s", step, t.steps, np.mean(mean["normalized_loss"]),
+                                 np.mean(mean["accuracy"]), clock.rate,
+                                 _format_eta((t.steps - step) / clock.rate))
+            if step % t.eval_every == 0 or last:
+                with clock.paused():
+                    _log_eval(log, setup, state, step, config, clock)
+            if step % t.checkpoint_every == 0 or last:
+                with clock.paused():
+                    save_checkpoint(manager, state, step)
+        manager.wait_until_finished()
+        if not any(r["split"] == EVAL and r["step"] == t.steps for r in log.rows):
+            # Resumed from the final checkpoint of a run stopped before its last eval was logged.
+            _log_eval(log, setup, state, t.steps, config, clock)
+        result = _result(config, setup, log.rows, seeds)
+        _atomic_write(os.path.join(workdir, "result.json"), json.dumps(result, indent=2) + "\n")
+        logging.info("Finished %s: solved %.2f of %d seed(s), eval loss/baseline %s.", workdir,
+                     result["solved_fraction"], len(seeds),
+                     [round(s["normalized_loss"], 4) for s in result["seeds"]])
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        log.close()
+    return state
