@@ -44,8 +44,11 @@ import orbax.checkpoint as ocp
 import tensorboardX
 from absl import logging
 
+from experiments import checkpoint
 from experiments import model as model_lib
+from experiments import parallel
 from experiments import tasks
+from experiments import validate
 
 OPTIMIZERS = {
     "rmsprop": lambda lr, t: optax.rmsprop(lr, decay=t.rmsprop_decay, eps=t.eps),
@@ -81,6 +84,7 @@ class Setup(NamedTuple):
     optimizer: optax.GradientTransformation
     batch_size: int
     eval_batch_size: int
+    layout: Optional[parallel.Layout] = None  # devices and sharding; None: one device, no mesh
 
 
 def quiet_orbax_logs() -> None:
@@ -100,6 +104,7 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> None:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad field (before anything is compiled or written)."""
+    validate.validate(config)  # one-line messages naming --config.<field>; the checks below stay
     for name in ("seq_len", "num_seeds", "model.hidden_size", "model.num_layers", "train.steps",
                  "train.batch_size", "train.log_every", "train.eval_every",
                  "train.checkpoint_every", "train.max_checkpoints", "eval.batch_size"):
@@ -149,6 +154,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     opt = OPTIMIZERS[t.optimizer](make_schedule(config), t)
     if t.clip > 0:
         opt = optax.chain(optax.clip_by_global_norm(t.clip), opt)
+    if t.get("skip_nonfinite", False):
+        # Skips (does not apply) an update whose gradients are not all finite; the cap keeps it
+        # from ever applying one (optax applies it after max_consecutive_errors skips).
+        opt = optax.apply_if_finite(opt, max_consecutive_errors=2**30)
     return opt
 
 
@@ -162,6 +171,7 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
     Equal configs (up to seed and num_seeds, which the Setup does not hold) give the same Setup
     object, so a rerun in the same process (a resumed run, a test) reuses the compiled steps.
     """
+    parallel.initialize(config)  # jax.distributed first: validation may touch the devices
     validate_config(config)
     fields = {k: v for k, v in config.to_dict().items() if k not in ("seed", "num_seeds")}
     cache_key = json.dumps(fields, sort_keys=True, default=repr)
@@ -204,7 +214,7 @@ def create_train_state(setup: Setup, seed: int, num_seeds: int = 1) -> TrainStat
     states = [_init_one(setup, jnp.asarray(seed + i, jnp.uint32)) for i in range(num_seeds)]
     # Committed to the device like a state restored by orbax, so that train_step's compile
     # cache (which keys on commitment) is shared by fresh and resumed runs.
-    return jax.device_put(_stack(states), jax.devices()[0])
+    return jax.device_put(_stack(states), jax.local_devices()[0])
 
 
 @jax.jit
@@ -218,13 +228,18 @@ def loss_fn(setup: Setup, params: Any, batch: tasks.Batch) -> tuple[jax.Array, d
     return setup.task.loss_and_metrics(outputs, batch)
 
 
-def _train_step_one(setup: Setup, state: TrainState, batch: tasks.Batch):
-    # The one place gradients are computed and applied.
+def _train_step_one(setup: Setup, state: TrainState, batch: tasks.Batch, all_reduce=None):
+    # The one place gradients are computed and applied. all_reduce: data parallelism's mean of
+    # (grads, metrics) over the devices' batch slices (parallel.sharded_step).
     grad_fn = jax.value_and_grad(functools.partial(loss_fn, setup), has_aux=True)
     (_, metrics), grads = grad_fn(state.params, batch)
+    if all_reduce is not None:
+        grads, metrics = all_reduce(grads, metrics)
     updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    if isinstance(opt_state, optax.ApplyIfFiniteState):  # train.skip_nonfinite
+        metrics["skipped_updates"] = 1 - opt_state.last_finite.astype(jnp.int32)
     return state._replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -241,6 +256,9 @@ def train_step(setup: Setup, state: TrainState, batch: tasks.Batch) -> tuple[Tra
       (new state, metrics {name: [S]}): the task's metrics on this batch (before the update)
       and the gradient's global norm.
     """
+    if setup.layout is not None:
+        return parallel.sharded_step(setup.layout, functools.partial(_train_step_one, setup))(
+            state, batch)
     return jax.vmap(functools.partial(_train_step_one, setup))(state, batch)
 
 
@@ -253,7 +271,9 @@ def _sample_one(task: tasks.Task, batch_size: int, key_data: jax.Array, index: j
 def sample_batch(setup: Setup, state: TrainState) -> tasks.Batch:
     """The training batch of step `state.step` of every seed: inputs [S, B, T, I]."""
     sample = functools.partial(_sample_one, setup.task, setup.batch_size)
-    return jax.vmap(sample)(state.data_key, state.step)
+    batch = jax.vmap(sample)(state.data_key, state.step)
+    # Sharded: XLA splits the sampling over the devices (partitionable threefry: same values).
+    return batch if setup.layout is None else parallel.constrain_batch(setup.layout, batch)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -266,7 +286,8 @@ def eval_step(setup: Setup, task: tasks.Task, params: Any, eval_key: jax.Array) 
         batch = _sample_one(task, setup.eval_batch_size, key_data, task.seq_len)
         outputs = model_lib.apply(setup.model, params, batch.inputs)
         return task.loss_and_metrics(outputs, batch)[1]
-    return jax.vmap(one)(params, eval_key)
+    metrics = jax.vmap(one)(params, eval_key)
+    return metrics if setup.layout is None else parallel.replicate(setup.layout, metrics)
 
 
 def evaluate(setup: Setup, state: TrainState) -> dict[str, dict[str, np.ndarray]]:
@@ -296,17 +317,13 @@ def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.C
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, step: int) -> None:
     """Saves `state` as checkpoint `step` (asynchronously; committed by an atomic rename)."""
-    manager.save(step, args=ocp.args.StandardSave(state))
+    checkpoint.save(manager, state, step)  # a failure names the intact earlier steps
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager,
                        target: TrainState) -> Optional[TrainState]:
     """The latest checkpoint restored into `target`'s structure, or None if there is none."""
-    step = manager.latest_step()
-    if step is None:
-        return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return checkpoint.restore_latest(manager, target)[0]  # skips damaged steps, newest first
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,11 +351,17 @@ def _to_json(value: Any) -> Any:
 
 
 class MetricsLog:
-    """metrics.jsonl + TensorBoard; on resume keeps only the rows up to the restored step."""
+    """metrics.jsonl + TensorBoard; on resume keeps only the rows up to the restored step.
 
-    def __init__(self, workdir: str, start_step: int, seeds: list[int]):
+    With write_files=False (processes other than 0) it keeps the rows in memory only.
+    """
+
+    def __init__(self, workdir: str, start_step: int, seeds: list[int], write_files: bool = True):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.rows = [r for r in _read_rows(self.path) if r["step"] <= start_step]
+        self.file = self.tb = None
+        if not write_files:
+            return
         _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
         self.file = open(self.path, "a")
         self.seeds = seeds
@@ -356,6 +379,8 @@ class MetricsLog:
                     for k, v in extra.items()})
         row["per_seed"] = {name: _to_json(values) for name, values in metrics.items()}
         self.rows.append(row)
+        if self.file is None:
+            return row
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         for name, values in metrics.items():
@@ -366,8 +391,9 @@ class MetricsLog:
         return row
 
     def close(self) -> None:
-        self.file.close()
-        self.tb.close()
+        if self.file is not None:
+            self.file.close()
+            self.tb.close()
 
 
 def _result(config: ml_collections.ConfigDict, setup: Setup, rows: list[dict],
@@ -413,7 +439,11 @@ def _mean_and_check(pending: list[dict], step: int, seeds: list[int],
     """The host sync: per-seed means of the pending step metrics; stops on a non-finite one."""
     fetched = jax.device_get(pending)
     mean = {k: np.mean([m[k] for m in fetched], axis=0) for k in fetched[0]}
-    bad = ~(np.isfinite(mean["loss"]) & np.isfinite(mean["grad_norm"]))
+    if "skipped_updates" in mean:  # train.skip_nonfinite: a row counts its skipped updates
+        mean["skipped_updates"] = np.sum([m["skipped_updates"] for m in fetched], axis=0)
+        bad = mean["skipped_updates"] == len(fetched)  # every update of the window skipped
+    else:
+        bad = ~(np.isfinite(mean["loss"]) & np.isfinite(mean["grad_norm"]))
     if bad.any():
         raise FloatingPointError(
             f"non-finite loss or gradient by step {step} for seed(s) "
@@ -481,23 +511,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       The final TrainState (leading seed axis [S]).
     """
     setup = make_setup(config)
+    # The devices: a ValueError (e.g. a batch they do not divide) before anything is compiled.
+    setup = setup._replace(layout=parallel.make_layout(config))
+    main = parallel.is_main()  # process 0 alone writes metrics, logs and results
     t = config.train
     seeds = [config.seed + i for i in range(config.num_seeds)]
-    os.makedirs(workdir, exist_ok=True)
-    _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    checkpoint.check_writable(workdir)  # a clear error before anything is compiled
+    if main:  # one process moves and writes the run's files; the others wait for it
+        if t.get("fresh_start", False):
+            checkpoint.start_fresh(workdir)  # moves the old run to workdir/previous_<k>/
+        checkpoint.check_config(workdir, config)  # refuses checkpoints of another config
+        checkpoint.remove_uncommitted(os.path.join(workdir, "checkpoints"))
+    parallel.barrier("workdir checked")
+    if main:
+        _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     manager = checkpoint_manager(workdir, config)
-    state = create_train_state(setup, config.seed, config.num_seeds)
+    state = parallel.to_global(setup.layout,
+                               create_train_state(setup, config.seed, config.num_seeds))
+    checkpoint.check_free_space(workdir, state, t.max_checkpoints)
     start = 0
     restored = restore_checkpoint(manager, state)
     if restored is not None:
-        state, start = restored, int(restored.step[0])
+        state, start = restored, int(parallel.fetch(restored.step)[0])
         logging.info("Resuming %s from step %d.", workdir, start)
-    log = MetricsLog(workdir, start, seeds)
+    log = MetricsLog(workdir, start, seeds, write_files=main)
     clock = _Clock(start, log.rows[-1]["wall_time_s"] if log.rows else 0.0)
-    pending = []
+    # Step metrics not yet logged when a signal stopped the run between log steps.
+    pending = checkpoint.load_pending(workdir, start) if start else []
+    stop = checkpoint.StopSignals().install()  # SIGTERM / SIGINT: save this step, then exit
     try:
         for step in range(start + 1, t.steps + 1):
             state, metrics = train_step(setup, state, sample_batch(setup, state))
+            parallel.throttle(setup.layout, step, state)
             pending.append(metrics)
             clock.first_step(step, metrics)
             last = step == t.steps
@@ -518,16 +563,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if step % t.checkpoint_every == 0 or last:
                 with clock.paused():
                     save_checkpoint(manager, state, step)
-        manager.wait_until_finished()
+            if stop.received is not None and not last:
+                if pending:
+                    _mean_and_check(pending, step, seeds, manager)  # never save a NaN state
+                # The pending metrics first: a kill between the two leaves them unused.
+                checkpoint.save_pending(workdir, step, pending)
+                if step % t.checkpoint_every:
+                    save_checkpoint(manager, state, step)
+                checkpoint.finish(manager, step)
+                raise checkpoint.Stopped(stop.received, step, workdir)
+        checkpoint.finish(manager, t.steps)
         if not any(r["split"] == EVAL and r["step"] == t.steps for r in log.rows):
             # Resumed from the final checkpoint of a run stopped before its last eval was logged.
             _log_eval(log, setup, state, t.steps, config, clock)
         result = _result(config, setup, log.rows, seeds)
-        _atomic_write(os.path.join(workdir, "result.json"), json.dumps(result, indent=2) + "\n")
+        if main:
+            _atomic_write(os.path.join(workdir, "result.json"),
+                          json.dumps(result, indent=2) + "\n")
         logging.info("Finished %s: solved %.2f of %d seed(s), eval loss/baseline %s.", workdir,
                      result["solved_fraction"], len(seeds),
                      [round(s["normalized_loss"], 4) for s in result["seeds"]])
     finally:
+        stop.uninstall()
         manager.wait_until_finished()
         manager.close()
         log.close()

@@ -16,8 +16,17 @@ Fields (users type these names):
   train.steps, train.batch_size, train.optimizer (rmsprop/adam), train.learning_rate,
   train.rmsprop_decay, train.eps, train.clip (global-norm clip; 0 disables),
   train.schedule (constant/cosine/warmup_cosine), train.warmup_steps, train.log_every,
-  train.eval_every, train.checkpoint_every, train.max_checkpoints, train.progress_every_secs
+  train.eval_every, train.checkpoint_every, train.max_checkpoints, train.progress_every_secs,
+  train.skip_nonfinite (skip and count non-finite updates), train.fresh_start (move an existing
+  run aside instead of resuming it)
   eval.batch_size, eval.seq_lens (extra lengths to evaluate at, e.g. "(200,400)")
+  parallel.shard (batch: split each batch over the devices; seeds: split num_seeds over them),
+  parallel.num_devices (0: every visible device)
+  distributed.coordinator_address (host:port of process 0; unset: one process),
+  distributed.num_processes, distributed.process_id, distributed.coordinator_bind_address,
+  distributed.auto (detect the cluster from the environment, e.g. SLURM),
+  distributed.initialization_timeout_s, distributed.heartbeat_timeout_s
+  (see experiments/parallel.py)
 """
 
 from __future__ import annotations
@@ -61,10 +70,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 1000
     c.train.max_checkpoints = 2
     c.train.progress_every_secs = 10.0
+    c.train.skip_nonfinite = False  # skip (and count) non-finite updates instead of stopping
+    c.train.fresh_start = False     # move an existing run in the workdir aside and start over
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 1000
     c.eval.seq_lens = ()
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.shard = "batch"
+    c.parallel.num_devices = 0
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = config_dict.placeholder(str)
+    c.distributed.coordinator_bind_address = config_dict.placeholder(str)
+    c.distributed.num_processes = config_dict.placeholder(int)
+    c.distributed.process_id = config_dict.placeholder(int)
+    c.distributed.auto = False
+    c.distributed.initialization_timeout_s = 300
+    c.distributed.heartbeat_timeout_s = 100
     return c
 
 

@@ -1,0 +1,377 @@
+"""Checkpoint safety around orbax: damaged steps, config mismatches, full disks, signals.
+
+Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and commits it by renaming, so a step
+directory is either complete or absent; but its removal of old steps (max_to_keep) is not
+atomic, and files can be truncated or deleted afterwards. Hence:
+
+- `restore_latest` tries the committed steps newest first, catches any error per step, checks
+  what it read (structure, shapes, dtypes, the stored step number, finite values), moves a step
+  it cannot use to `workdir/damaged_checkpoints/` (so the run can save that step again) and
+  reports it; it returns the newest restorable state. Uncommitted tmp directories are never read.
+- `check_config` stores the config the checkpoints were made by (workdir/checkpoint_config.json)
+  and refuses to resume under another config, listing the differing keys; `start_fresh` moves a
+  previous run's outputs to `workdir/previous_<k>/` (nothing is deleted).
+- `check_writable` / `check_free_space` fail before training when the workdir cannot hold the
+  run; `save` / `finish` turn a failed save into one clear error that says which earlier
+  checkpoints are intact.
+- `StopSignals`: SIGTERM / SIGINT set a flag that the loop reads once per step, so it can save
+  the current step and exit; a second SIGINT interrupts at once.
+- `save_pending` / `load_pending`: the step metrics since the last log row, saved with an
+  off-interval checkpoint so that the resumed run logs the same means as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+from typing import Any, NamedTuple, Optional
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+CONFIG_FILE = "checkpoint_config.json"  # in workdir: the config the checkpoints were made by
+PENDING_FILE = "pending_metrics.npz"  # in workdir
+DAMAGED_DIR = "damaged_checkpoints"  # in workdir
+TMP_MARKER = ".orbax-checkpoint-tmp"
+# Fields that do not change the numbers of a run: they may differ on resume.
+HARMLESS_KEYS = ("train.progress_every_secs", "train.max_checkpoints", "train.fresh_start",
+                 # Where a run executes, not what it computes: a run may resume on another
+                 # device count or set of hosts (the bits may change, see README).
+                 "parallel.num_devices", "distributed.")
+
+
+def _harmless(key: str) -> bool:
+    return any(key == h or (h.endswith(".") and key.startswith(h)) for h in HARMLESS_KEYS)
+# Outputs of a run that `start_fresh` moves aside.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "result.json", "config.json", PENDING_FILE,
+               DAMAGED_DIR, CONFIG_FILE)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
+
+
+class WorkdirError(OSError):
+    """The workdir cannot hold the run (not writable, not enough free space)."""
+
+
+class Skipped(NamedTuple):
+    """A checkpoint step that could not be restored, and why."""
+
+    step: int
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Restore.
+
+def _check_restored(restored: Any, target: Any, step: int) -> None:
+    """Raises ValueError unless `restored` has target's structure, shapes, dtypes, the step number
+    of its directory and only finite floating-point values."""
+    got, want = jax.tree.structure(restored), jax.tree.structure(target)
+    if got != want:
+        raise ValueError(f"structure {got} != expected {want}")
+    for path, a, b in zip(jax.tree_util.tree_flatten_with_path(restored)[0],
+                          jax.tree.leaves(restored), jax.tree.leaves(target)):
+        name = jax.tree_util.keystr(path[0])
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(f"{name}: {a.shape} {a.dtype} != expected {b.shape} {b.dtype}")
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(np.asarray(a)).all():
+            raise ValueError(f"{name}: non-finite values")
+    stored = np.asarray(restored.step)
+    if not (stored == step).all():
+        raise ValueError(f"stored step {stored.tolist()} != directory step {step}")
+
+
+def _move_aside(directory: str, step: int, workdir: str) -> Optional[str]:
+    src = os.path.join(directory, str(step))
+    if not os.path.exists(src):
+        return None
+    dst_root = os.path.join(workdir, DAMAGED_DIR)
+    os.makedirs(dst_root, exist_ok=True)
+    k = 0
+    while os.path.exists(dst := os.path.join(dst_root, f"{step}_{k}")):
+        k += 1
+    os.rename(src, dst)
+    return dst
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: Any,
+                   workdir: Optional[str] = None) -> tuple[Optional[Any], list[Skipped]]:
+    """The newest checkpoint that restores cleanly into `target`'s structure.
+
+    Args:
+      manager: the run's CheckpointManager.
+      target: a state with the expected structure, shapes and dtypes (e.g. a fresh TrainState).
+      workdir: where damaged steps are moved (default: the parent of the checkpoint directory).
+
+    Returns:
+      (state or None if no step restored, [Skipped(step, reason)] newest first). Each skipped
+      step was moved to workdir/damaged_checkpoints/ and logged as a warning.
+    """
+    directory = os.fspath(manager.directory)
+    workdir = workdir or os.path.dirname(directory)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    skipped = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            _check_restored(restored, target, step)
+        except Exception as e:  # noqa: BLE001 - any failure means: use an earlier step
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            moved = _move_aside(directory, step, workdir)
+            skipped.append(Skipped(step, reason))
+            logging.warning("Checkpoint step %d is damaged (%s); moved to %s; trying an earlier "
+                            "step.", step, reason, moved)
+            continue
+        if skipped:
+            manager.reload()
+            logging.warning("Resumed from step %d after skipping damaged step(s) %s.", step,
+                            [s.step for s in skipped])
+        return restored, skipped
+    if skipped:
+        manager.reload()
+        logging.warning("No restorable checkpoint (skipped %s): starting from step 0.",
+                        [s.step for s in skipped])
+    return None, skipped
+
+
+def remove_uncommitted(directory: str) -> list[str]:
+    """Deletes leftover `*.orbax-checkpoint-tmp-*` directories (saves killed before their
+    commit: never restorable, never restored). Returns their names."""
+    if not os.path.isdir(directory):
+        return []
+    names = [n for n in os.listdir(directory) if TMP_MARKER in n]
+    for name in names:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    if names:
+        logging.info("Removed uncommitted checkpoint directories %s.", names)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Save.
+
+def save(manager: ocp.CheckpointManager, state: Any, step: int) -> None:
+    """Starts saving `state` as `step`; raises CheckpointError if orbax reports a failure."""
+    try:
+        manager.save(step, args=ocp.args.StandardSave(state))
+    except Exception as e:  # noqa: BLE001 - orbax raises whatever the filesystem raised
+        raise _save_error(manager, step, e) from e
+
+
+def finish(manager: ocp.CheckpointManager, step: Optional[int] = None) -> None:
+    """Waits for pending saves; a failure becomes a CheckpointError naming the intact steps."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+        raise _save_error(manager, step, e) from e
+
+
+def _save_error(manager: ocp.CheckpointManager, step: Optional[int], e: Exception):
+    try:
+        manager.wait_until_finished()  # earlier saves still in flight commit first
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        manager.reload()
+        intact = [s for s in manager.all_steps() if s != step]
+    except Exception:  # noqa: BLE001
+        intact = "unknown"
+    return CheckpointError(
+        f"saving checkpoint step {step} in {manager.directory} failed ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}); earlier checkpoints {intact} are intact "
+        f"and rerunning the command resumes from the latest of them")
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir.
+
+def check_writable(workdir: str) -> None:
+    """Creates `workdir` and writes, syncs and removes a probe file; WorkdirError if it fails."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(f"--workdir={workdir!r}: cannot write there ({e.strerror or e}); "
+                           f"choose a writable directory") from None
+
+
+def state_nbytes(state: Any) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+
+
+def check_free_space(workdir: str, state: Any, max_checkpoints: int) -> None:
+    """WorkdirError unless the disk has room for max_checkpoints + 1 copies of `state` (+ 16 MiB
+    of metrics and metadata)."""
+    need = (max_checkpoints + 1) * state_nbytes(state) + (16 << 20)
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise WorkdirError(f"--workdir={workdir!r}: {free / 2**20:.1f} MiB free, the run needs "
+                           f"about {need / 2**20:.1f} MiB for its checkpoints; free some space")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config fingerprint.
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _canonical(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    # Through JSON so that tuples and lists, ints and their JSON round trip compare equal.
+    flat = _flatten(json.loads(config.to_json_best_effort()))
+    return {k: v for k, v in flat.items() if not _harmless(k)}
+
+
+def config_differences(stored: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """`key: stored -> new` for each field that differs (ignoring HARMLESS_KEYS)."""
+    old, new = {k: v for k, v in _flatten(stored).items() if not _harmless(k)}, \
+        _canonical(config)
+    missing = object()
+    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
+
+
+def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses (ValueError) to resume checkpoints made by another config; records the config.
+
+    Without committed checkpoints there is nothing to resume and the config is (re)recorded.
+    """
+    directory = os.path.join(workdir, "checkpoints")
+    path = os.path.join(workdir, CONFIG_FILE)
+    has_steps = os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+    if has_steps and os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        diffs = config_differences(stored, config)
+        if diffs:
+            raise ValueError(
+                f"--workdir={workdir!r} holds checkpoints of a different config; differing keys: "
+                f"{'; '.join(diffs)}. Use the original config to resume, another --workdir, or "
+                f"--config.train.fresh_start=True (or --fresh_start) to start over (the old run "
+                f"is moved to {workdir}/previous_<k>/)")
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def start_fresh(workdir: str) -> Optional[str]:
+    """Moves a previous run's outputs to workdir/previous_<k>/ (deleting nothing).
+
+    Returns the directory they went to, or None if there was nothing to move."""
+    present = [n for n in RUN_OUTPUTS if os.path.exists(os.path.join(workdir, n))]
+    if not present:
+        return None
+    k = 0
+    while os.path.exists(dst := os.path.join(workdir, f"previous_{k}")):
+        k += 1
+    os.makedirs(dst)
+    for name in present:
+        os.rename(os.path.join(workdir, name), os.path.join(dst, name))
+    logging.warning("Fresh start: moved %s to %s.", present, dst)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------
+# Pending step metrics (for a checkpoint taken between log steps).
+
+def save_pending(workdir: str, step: int, pending: list[dict]) -> None:
+    """Stores the step metrics not yet logged at `step` (atomically)."""
+    fetched = jax.device_get(pending)
+    arrays = {f"{i}/{k}": np.asarray(v) for i, m in enumerate(fetched) for k, v in m.items()}
+    path = os.path.join(workdir, PENDING_FILE)
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, step=np.int64(step), count=np.int64(len(fetched)), **arrays)
+    os.replace(tmp, path)
+
+
+def load_pending(workdir: str, step: int) -> list[dict]:
+    """The step metrics saved with checkpoint `step`, or [] if none were (or for another step)."""
+    path = os.path.join(workdir, PENDING_FILE)
+    if not os.path.exists(path):
+        return []
+    with np.load(path, allow_pickle=False) as f:
+        if int(f["step"]) != step:
+            return []
+        rows = [{} for _ in range(int(f["count"]))]
+        for name in f.files:
+            if "/" in name:
+                i, key = name.split("/", 1)
+                rows[int(i)][key] = f[name]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals.
+
+class StopSignals:
+    """Context manager: SIGTERM / SIGINT set `.received` (the signal number) instead of killing.
+
+    The training loop reads `.received` after each step, saves and exits. A second SIGINT while
+    the first is being handled raises KeyboardInterrupt at once. Outside the main thread (where
+    Python cannot install handlers) it does nothing.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        logging.warning("Received %s: saving a checkpoint at the current step, then exiting.",
+                        signal.Signals(signum).name)
+
+    def install(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+
+    def __enter__(self) -> "StopSignals":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
+
+
+class Stopped(SystemExit):
+    """Raised after a signal-triggered save: exits the process with code 128 + signal."""
+
+    def __init__(self, signum: int, step: int, workdir: str):
+        self.signum, self.step = signum, step
+        self.message = (f"stopped by {signal.Signals(signum).name} at step {step}: checkpoint "
+                        f"saved in {workdir}; rerun the same command to resume")
+        super().__init__(128 + signum)
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,0 +1,358 @@
+"""Data parallelism over devices and hosts with `jax.sharding` and `jax.distributed`.
+
+The trainer (experiments/train.py) runs every step through a `Layout`: a one-axis `Mesh` over the
+devices in use and what is split over it (`parallel.shard`):
+  batch  (default) the batch axis of every training batch is split over the devices; params and
+         optimizer state are replicated; each device computes the gradient of its slice and one
+         explicit `pmean` after the backward scan averages gradients and metrics.
+  seeds  the num_seeds axis of the state and the batch is split over the devices; the seeds are
+         independent models, so a step needs no collective (sweeps of many seeds).
+One device is the same code path with a mesh of size 1.
+
+Why `shard_map` and not the automatic partitioner: jit with sharded inputs may place a gradient
+all-reduce inside the backward scan's loop (one per time step; `python -m experiments.parallel`
+prints where it puts them); here it is one all-reduce per step, after the scan, checked in the
+compiled HLO in tests/test_parallel.py. Evaluation is not sharded: every device evaluates the
+whole (fixed) eval batch with the replicated params. The gradients and metrics of a step are
+raveled into one vector first, so that the step has exactly one all-reduce whatever the tree.
+`check_vma=False`: with the default check the scan's zero carry fails to trace, and a `pmean` of
+gradients JAX already reduced would give gradients N times too large (the tests compare against
+the single-device step, which catches that).
+
+Data: the batch of step n is drawn from (seed, n) as on one device, inside the jitted sampler
+whose output is constrained to the batch sharding, so XLA partitions the sampling over the
+devices (and processes) instead of one process building and scattering it; with
+`jax_threefry_partitionable` (the default) the values do not depend on the layout (tested
+bitwise), so the same command gives the same model on 1 or N devices and on 1 or P processes, to
+float rounding of the gradient mean. (Keys per (seed, step, process) with
+`make_array_from_process_local_data` would make the data, hence the model, depend on the
+number of processes.)
+
+Several processes (hosts): `initialize(config)` calls `jax.distributed.initialize` when
+`distributed.coordinator_address` is set (with `num_processes`, `process_id`) or when
+`distributed.auto` is True (the cluster is detected from the environment, e.g. SLURM). Every
+process runs the same program on its addressable shards of global arrays; orbax saves and
+restores one checkpoint from all processes (a shared filesystem is required); only process 0
+writes metrics, logs and result files (`is_main()`).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"  # the mesh's one axis
+SYNC_EVERY = 16  # block the host every this many steps (see `throttle`)
+
+
+class Shard(str, enum.Enum):
+    """What the devices split: the batch (params replicated) or the seeds (independent models)."""
+
+    BATCH = "batch"
+    SEEDS = "seeds"
+
+
+class Layout(NamedTuple):
+    """The mesh and the sharded axis (hashable: part of the trainer's static Setup)."""
+
+    mesh: Mesh
+    shard: Shard
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.size
+
+    @property
+    def state_spec(self) -> P:
+        """Of every TrainState leaf [S, ...]: replicated, or split over seeds."""
+        return P(AXIS) if self.shard is Shard.SEEDS else P()
+
+    @property
+    def batch_spec(self) -> P:
+        """Of every Batch leaf [S, B, ...]: split over the batch axis B, or over the seeds S."""
+        return P(AXIS) if self.shard is Shard.SEEDS else P(None, AXIS)
+
+    def sharding(self, spec: P) -> NamedSharding:
+        return NamedSharding(self.mesh, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime and layout.
+
+def initialize(config: ml_collections.ConfigDict) -> None:
+    """Starts the multi-process runtime if the config asks for it (idempotent).
+
+    Must run before anything touches a device. Nothing happens when
+    `distributed.coordinator_address` is unset and `distributed.auto` is False (one process).
+
+    Raises:
+      ValueError: process fields set without a coordinator address, or missing with one.
+    """
+    d = config.distributed
+    if jax.distributed.is_initialized():
+        return
+    explicit = {"num_processes": d.num_processes, "process_id": d.process_id,
+                "coordinator_bind_address": d.coordinator_bind_address}
+    if d.coordinator_address is None:
+        given = [f"distributed.{k}" for k, v in explicit.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} set without distributed.coordinator_address "
+                             f"(host:port of process 0)")
+        if not d.auto:
+            return
+        explicit = {}
+    else:
+        for name in ("num_processes", "process_id"):
+            if explicit[name] is None:
+                raise ValueError(f"distributed.{name}: required with "
+                                 f"distributed.coordinator_address={d.coordinator_address!r}")
+        if not 0 <= d.process_id < d.num_processes:
+            raise ValueError(f"distributed.process_id: expected 0 <= id < num_processes="
+                             f"{d.num_processes}, got {d.process_id}")
+        explicit["coordinator_address"] = d.coordinator_address
+    jax.distributed.initialize(
+        **{k: v for k, v in explicit.items() if v is not None},
+        initialization_timeout=d.initialization_timeout_s,
+        heartbeat_timeout_seconds=d.heartbeat_timeout_s)
+    if not is_main():
+        logging.set_verbosity(logging.WARNING)  # process 0 alone logs progress
+    logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count())
+
+
+def is_main() -> bool:
+    """Whether this process writes files and logs (process 0)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process gets here (nothing to wait for with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def make_layout(config: ml_collections.ConfigDict) -> Layout:
+    """The Layout of `config.parallel` over the visible devices (all of them by default).
+
+    Raises:
+      ValueError: unknown `parallel.shard`, bad `parallel.num_devices`, or a batch size
+        (num_seeds with shard=seeds) that the device count does not divide. Raised before
+        anything is compiled.
+    """
+    p = config.parallel
+    try:
+        shard = Shard(p.shard)
+    except ValueError:
+        raise ValueError(f"parallel.shard: unknown {p.shard!r}; valid: "
+                         f"{[s.value for s in Shard]}") from None
+    devices = jax.devices()
+    n = p.num_devices or len(devices)
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(devices):
+        raise ValueError(f"parallel.num_devices: expected 0 (all) or 1..{len(devices)}, got "
+                         f"{p.num_devices!r}")
+    if jax.process_count() > 1 and n != len(devices):
+        raise ValueError(f"parallel.num_devices: must be 0 (all {len(devices)} devices) with "
+                         f"{jax.process_count()} processes, got {n}")
+    field, size = (("num_seeds", config.num_seeds) if shard is Shard.SEEDS
+                   else ("train.batch_size", config.train.batch_size))
+    if size % n:
+        raise ValueError(f"{field}={size} is not divisible by the {n} devices of the mesh "
+                         f"(parallel.shard={shard.value}); change {field} or set "
+                         f"parallel.num_devices")
+    return Layout(mesh=Mesh(np.asarray(devices[:n]), (AXIS,)), shard=shard)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays.
+
+def to_global(layout: Layout, tree: Any) -> Any:
+    """A state tree (each leaf [S, ...], on a local device or host) as global arrays.
+
+    Built from host values with `make_array_from_callback` (each process supplies its own
+    shards) rather than `device_put`, which returns a broken array when each process has one
+    device.
+    """
+    sharding = layout.sharding(layout.state_spec)
+    host = jax.device_get(tree)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]),
+        host)
+
+
+def constrain_batch(layout: Layout, batch: Any) -> Any:
+    """Inside jit: lays `batch` (leaves [S, B, ...]) out as the step expects."""
+    return jax.lax.with_sharding_constraint(batch, layout.sharding(layout.batch_spec))
+
+
+def replicate(layout: Layout, tree: Any) -> Any:
+    """Inside jit: makes every leaf replicated, so every process can read it (metrics)."""
+    return jax.lax.with_sharding_constraint(tree, layout.sharding(P()))
+
+
+def fetch(tree: Any) -> Any:
+    """Host numpy copy of a tree of (possibly not fully addressable) global arrays."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(jax.device_get(x))
+    return jax.tree.map(one, tree)
+
+
+def throttle(layout: Layout, step: int, tree: Any) -> None:
+    """Blocks on `tree` every SYNC_EVERY steps when the step has collectives.
+
+    On (fake) CPU devices, 50+ collective programs queued without waiting abort the process.
+    """
+    if layout.num_devices > 1 and step % SYNC_EVERY == 0:
+        jax.block_until_ready(tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step.
+
+def _all_reduce(grads: Any, metrics: dict) -> tuple[Any, dict]:
+    # One vector, so one all-reduce per step whatever the number of leaves.
+    flat, unravel = ravel_pytree((grads, metrics))
+    return unravel(jax.lax.pmean(flat, AXIS))
+
+
+def sharded_step(layout: Layout, step_one: Callable) -> Callable:
+    """The step of every seed, laid out on the mesh (call inside jit).
+
+    Args:
+      layout: the Layout.
+      step_one: `(state, batch, all_reduce=None) -> (state, metrics)` for one seed: must apply
+        `all_reduce(grads, metrics) -> (grads, metrics)` (if given) between the backward pass
+        and the optimizer update.
+
+    Returns:
+      `(state, batch) -> (state, metrics)` on trees with a leading seed axis [S]; metrics are
+      replicated.
+    """
+    if layout.shard is Shard.BATCH:
+        body = jax.vmap(functools.partial(step_one, all_reduce=_all_reduce))
+        out_specs = (P(), P())  # equal on every device after the pmean
+    else:
+        body = jax.vmap(step_one)
+        out_specs = (P(AXIS), P(AXIS))
+    mapped = jax.shard_map(body, mesh=layout.mesh, in_specs=(layout.state_spec, layout.batch_spec),
+                           out_specs=out_specs, check_vma=False)
+
+    def step(state, batch):
+        state, metrics = mapped(state, batch)
+        return state, replicate(layout, metrics)
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# HLO inspection (tests, benchmark).
+
+def all_reduce_counts(hlo_text: str) -> tuple[int, int]:
+    """Counts in compiled HLO text: (all-reduce ops, while loops whose body runs one).
+
+    Computations are matched by name prefix, so the second count can only err upwards (a loop
+    wrongly counted), never hide an all-reduce inside a loop.
+    """
+    comps, name = {}, None
+    for line in hlo_text.splitlines():
+        head = line.split("(")[0].split()
+        if line and not line[0].isspace() and head and line.rstrip().endswith("{"):
+            name = head[-1].lstrip("%")
+            comps[name] = []
+        elif name is not None:
+            comps[name].append(line)
+
+    def is_all_reduce(line):
+        return " all-reduce(" in line or " all-reduce-start(" in line
+
+    def reaches(comp, seen):
+        if comp in seen or comp not in comps:
+            return False
+        seen.add(comp)
+        return any(is_all_reduce(line) or any(
+            f"%{c}" in line and reaches(c, seen) for c in comps if f"%{c}" in line)
+            for line in comps[comp])
+
+    bodies = {line.split("body=")[1].split(",")[0].split()[0].lstrip("%")
+              for lines in comps.values() for line in lines if " while(" in line}
+    total = sum(is_all_reduce(line) for lines in comps.values() for line in lines)
+    inside = sum(reaches(b, set()) for b in bodies)
+    return total, inside
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark: XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m experiments.parallel
+
+def benchmark(config: ml_collections.ConfigDict, device_counts=(1, 2, 4), steps: int = 40,
+              repeats: int = 3) -> list[dict]:
+    """Milliseconds per train step (sampling included) on meshes of each size, side by side.
+
+    Rows: {"devices": n (None: plain jit without a mesh), "ms_per_step": best of `repeats`,
+    "all_reduce": all_reduce_counts of the step, "auto_all_reduce": the same for jit's automatic
+    partitioner given the same sharded inputs}.
+
+    Also counts the all-reduces of the compiled step (and of the automatic partitioner's
+    version of it, for comparison). Blocks every SYNC_EVERY steps, as the trainer does.
+    """
+    from experiments import train  # here: train imports this module
+    rows = []
+    for n in (None,) + tuple(device_counts):  # None: plain jit, no mesh (the reference)
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.parallel.num_devices = n or 1
+        setup = train.make_setup(config)
+        state = train.create_train_state(setup, config.seed, config.num_seeds)
+        if n is not None:
+            setup = setup._replace(layout=make_layout(config))
+            state = to_global(setup.layout, state)
+        batch = train.sample_batch(setup, state)
+        hlo = train.train_step.lower(setup, state, batch).compile().as_text() if n else ""
+        auto = jax.jit(lambda s, b, setup=setup: jax.vmap(
+            functools.partial(train._train_step_one, setup))(s, b)).lower(state, batch)
+        best = float("inf")
+        for r in range(repeats + 1):  # the first round compiles and warms up
+            jax.block_until_ready(state)
+            t0 = time.perf_counter()
+            for i in range(steps):
+                state, _ = train.train_step(setup, state, train.sample_batch(setup, state))
+                if i % SYNC_EVERY == SYNC_EVERY - 1:
+                    jax.block_until_ready(state)
+            jax.block_until_ready(state)
+            if r:
+                best = min(best, (time.perf_counter() - t0) / steps)
+        rows.append({"devices": n, "ms_per_step": 1e3 * best,
+                     "all_reduce": all_reduce_counts(hlo),
+                     "auto_all_reduce": all_reduce_counts(auto.compile().as_text())})
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    from experiments import parallel  # not __main__'s copy: train uses that one's classes
+    from experiments.configs import copy as copy_config
+    arg = sys.argv[1] if len(sys.argv) > 1 else None
+    n_max = jax.device_count()
+    results = parallel.benchmark(copy_config.get_config(arg),
+                                 tuple(n for n in (1, 2, 4, 8) if n <= n_max))
+    base = results[1]["ms_per_step"]
+    print(f"copy{':' + arg if arg else ''} on {jax.devices()[0].platform}, "
+          f"{n_max} visible devices")
+    print("| devices | ms/step | vs 1 device | all-reduces/step (in loop) | "
+          "automatic partitioner (in loop) |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['devices'] or '1, no mesh (plain jit)'} | {r['ms_per_step']:.2f} | "
+              f"{r['ms_per_step'] / base:.2f}x | "
+              f"{r['all_reduce'][0]} ({r['all_reduce'][1]}) | "
+              f"{r['auto_all_reduce'][0]} ({r['auto_all_reduce'][1]}) |")
