@@ -95,12 +95,14 @@ def recur(params: Params, carry: Carry, xp: jax.Array, *,
     """One step given the projected input xp `[..., 3H]`; returns (carry, h)."""
     h = carry.h
     if variant is Variant.RESET_AFTER:
-        return update(params, carry, xp, h @ params.w_h)
+        return update(params, carry, jnp.split(xp, NUM_GATES, axis=-1),
+                      jnp.split(h @ params.w_h, NUM_GATES, axis=-1))
     elif variant is Variant.RESET_BEFORE:
         hidden = h.shape[-1]
-        x_rz, x_n = xp[..., :2 * hidden], xp[..., 2 * hidden:]
-        # One sigmoid over r and z together (see `update`).
-        r, z = jnp.split(jax.nn.sigmoid(x_rz + h @ params.w_h[:, :2 * hidden]), 2, axis=-1)
+        x_r, x_z, x_n = jnp.split(xp, NUM_GATES, axis=-1)
+        h_r, h_z = jnp.split(h @ params.w_h[:, :2 * hidden], 2, axis=-1)
+        r = jax.nn.sigmoid(x_r + h_r)
+        z = jax.nn.sigmoid(x_z + h_z)
         h_tilde = jnp.tanh(x_n + (r * h) @ params.w_h[:, 2 * hidden:]
                            + checks.lift(params.b_hn, h.ndim))
         h = (1.0 - z) * h + z * h_tilde
@@ -109,19 +111,27 @@ def recur(params: Params, carry: Carry, xp: jax.Array, *,
     return Carry(h=h), h
 
 
-def update(params: Params, carry: Carry, xp: jax.Array, hz: jax.Array) -> tuple[Carry, jax.Array]:
-    """RESET_AFTER's elementwise rest of a step, given xp and hz = `carry.h @ w_h` (`[..., 3H]`).
+def update(params: Params, carry: Carry, xp, hz) -> tuple[Carry, jax.Array]:
+    """RESET_AFTER's elementwise rest of a step, from the gate blocks of its two matmuls.
 
-    Split from `recur` so the fused scan (`gated_rnn.fused`) can do the recurrent matmul itself
-    and take the weight gradient `dw_h` out of the reverse loop. (RESET_BEFORE has a second,
-    r-dependent matmul, so it has no such split.)
+    Split from `recur` for the fused scan (`gated_rnn.fused`), which does the matmuls itself,
+    one per gate, so that no activation reads a column slice (XLA:CPU compiles those to scalar
+    exp/tanh, as costly as the matmul), and takes `dw_h` out of the reverse loop. RESET_BEFORE
+    has a second, r-dependent matmul, so it has no such split.
+
+    Args:
+      params: Params (only `b_hn` is read).
+      carry: Carry with h `[..., H]`.
+      xp: the (r, z, n) blocks of `x @ w_x + b`, each `[..., H]`.
+      hz: the (r, z, n) blocks of `carry.h @ w_h`, each `[..., H]`.
+
+    Returns:
+      (carry, h).
     """
-    x_n = jnp.split(xp, NUM_GATES, axis=-1)[2]
-    h_n = jnp.split(hz, NUM_GATES, axis=-1)[2]
-    # One sigmoid over the full width (the n block's share is discarded): on column slices
-    # XLA:CPU emits scalar exp, as costly as the matmul.
-    r, z, _ = jnp.split(jax.nn.sigmoid(xp + hz), NUM_GATES, axis=-1)
-    n = jnp.tanh(x_n + r * (h_n + checks.lift(params.b_hn, hz.ndim)))
+    (x_r, x_z, x_n), (h_r, h_z, h_n) = xp, hz
+    r = jax.nn.sigmoid(x_r + h_r)
+    z = jax.nn.sigmoid(x_z + h_z)
+    n = jnp.tanh(x_n + r * (h_n + checks.lift(params.b_hn, h_n.ndim)))
     h = (1.0 - z) * n + z * carry.h
     return Carry(h=h), h
 

@@ -77,6 +77,12 @@ class Spec:
     proj_size: int = 0
     unroll: int = 1
     dtype: Any = jnp.float32
+    # Execution options (same numbers, different speed / memory; see scan.run and README
+    # "Performance"): loop implementation, rematerialization, chunk length, matmul dtype.
+    impl: scan.Impl = scan.Impl.AUTO
+    remat: bool = False
+    chunk_size: Optional[int] = None
+    matmul_dtype: Any = None
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -84,6 +90,22 @@ class Spec:
         set_("gru_variant", _enum(gru.Variant, self.gru_variant, "gru_variant"))
         set_("init", _enum(Init, self.init, "init"))
         set_("dtype", jnp.dtype(self.dtype))
+        set_("impl", _enum(scan.Impl, self.impl, "impl"))
+        # Raises for e.g. impl='fused' with a reset-before GRU.
+        resolved = scan.resolve_impl(self.cell_fns, self.impl)
+        if self.matmul_dtype is not None:
+            set_("matmul_dtype", jnp.dtype(self.matmul_dtype))
+            if resolved is scan.Impl.SCAN:
+                raise ValueError(f"matmul_dtype={self.matmul_dtype.name!r} needs the fused "
+                                 f"implementation; got impl={self.impl.value!r} for cell "
+                                 f"{self.cell.value!r}")
+        if not isinstance(self.remat, (bool, np.bool_)):
+            raise ValueError(f"remat: expected a bool, got {self.remat!r}")
+        if self.chunk_size is not None and (
+                not isinstance(self.chunk_size, (int, np.integer))
+                or isinstance(self.chunk_size, bool) or self.chunk_size < 1):
+            raise ValueError(f"chunk_size: expected None or an integer >= 1, got "
+                             f"{self.chunk_size!r}")
         for name in ("input_size", "hidden_size", "num_layers", "unroll"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -225,7 +247,9 @@ def apply(spec: Spec, params: tuple, xs: jax.Array, *, seq_lengths: jax.Array | 
         for d, p in enumerate(layer):
             carry, ys = scan.run(cell, p, x,
                                  carry=None if initial_carry is None else initial_carry[l][d],
-                                 seq_lengths=seq_lengths, reverse=d == 1, unroll=spec.unroll)
+                                 seq_lengths=seq_lengths, reverse=d == 1, unroll=spec.unroll,
+                                 impl=spec.impl, remat=spec.remat, chunk_size=spec.chunk_size,
+                                 matmul_dtype=spec.matmul_dtype)
             outs.append(ys)
             carries.append(carry)
         x = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)

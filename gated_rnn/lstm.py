@@ -71,24 +71,29 @@ def project(params: Params, xs: jax.Array) -> jax.Array:
 
 def recur(params: Params, carry: Carry, xp: jax.Array) -> tuple[Carry, jax.Array]:
     """One step given the projected input xp `[..., 4H]`; returns (carry, h)."""
-    return update(params, carry, xp, carry.h @ params.w_h)
+    return update(params, carry, jnp.split(xp, NUM_GATES, axis=-1),
+                  jnp.split(carry.h @ params.w_h, NUM_GATES, axis=-1))
 
 
-def update(params: Params, carry: Carry, xp: jax.Array, hz: jax.Array) -> tuple[Carry, jax.Array]:
-    """The elementwise rest of a step, given xp `[..., 4H]` and hz = `carry.h @ w_h` `[..., 4H]`.
+def update(params: Params, carry: Carry, xp, hz) -> tuple[Carry, jax.Array]:
+    """The elementwise rest of a step, from the gate blocks of its two matmuls.
 
-    Split from `recur` so the fused scan (`gated_rnn.fused`) can do the recurrent matmul itself
-    and take the weight gradient `dw_h` out of the reverse loop.
+    Split from `recur` for the fused scan (`gated_rnn.fused`), which does the matmuls itself,
+    one per gate, so that no activation reads a column slice (XLA:CPU compiles those to scalar
+    exp/tanh, as costly as the matmul), and takes `dw_h` out of the reverse loop.
+
+    Args:
+      params: Params (only `w_hr` is read).
+      carry: Carry with h `[..., P]`, c `[..., H]`.
+      xp: the (i, f, g, o) blocks of `x @ w_x + b`, each `[..., H]`.
+      hz: the (i, f, g, o) blocks of `carry.h @ w_h`, each `[..., H]`.
+
+    Returns:
+      (carry, h).
     """
-    pre = xp + hz
-    # One full-width sigmoid and one full-width tanh, then a select. Activations applied to
-    # column slices of `pre` compile to scalar exp/tanh on XLA:CPU, as costly as the matmul.
-    gate_is_g = checks.lift(jnp.arange(pre.shape[-1]) // (pre.shape[-1] // NUM_GATES) == 2,
-                            pre.ndim)
-    i, f, g, o = jnp.split(jnp.where(gate_is_g, jnp.tanh(pre), jax.nn.sigmoid(pre)),
-                           NUM_GATES, axis=-1)
-    c = f * carry.c + i * g
-    h = o * jnp.tanh(c)
+    i, f, g, o = (a + b for a, b in zip(xp, hz))
+    c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
     if params.w_hr is not None:
         h = h @ params.w_hr
     return Carry(h=h, c=c), h

@@ -56,16 +56,16 @@ def project(params: Params, xs: jax.Array) -> jax.Array:
 
 def recur(params: Params, carry: Carry, xp: jax.Array) -> tuple[Carry, jax.Array]:
     """One step given the projected input xp `[..., H]`; returns (carry, h)."""
-    return update(params, carry, xp, carry.h @ params.w_h)
+    return update(params, carry, (xp,), (carry.h @ params.w_h,))
 
 
-def update(params: Params, carry: Carry, xp: jax.Array, hz: jax.Array) -> tuple[Carry, jax.Array]:
-    """The elementwise rest of a step, given xp `[..., H]` and hz = `carry.h @ w_h` `[..., H]`.
+def update(params: Params, carry: Carry, xp, hz) -> tuple[Carry, jax.Array]:
+    """The elementwise rest of a step: xp = (x @ w_x + b,), hz = (carry.h @ w_h,), `[..., H]`.
 
-    Split from `recur` for the fused scan (`gated_rnn.fused`), which does the matmul itself.
+    Split from `recur` for the fused scan (`gated_rnn.fused`), which does the matmuls itself.
     """
     del params  # the RNN's update has no parameters of its own
-    h = jnp.tanh(xp + hz)
+    h = jnp.tanh(xp[0] + hz[0])
     return Carry(h=h), h
 
 

@@ -1,26 +1,34 @@
 """Run any cell over time: one function for every cell, variable lengths and direction.
 
-`run` hoists the carry-independent input projection (`cell.project`) out of the loop — one
-large `[B*T, I] @ [I, G*H]` matmul — and scans only the recurrent part (`cell.recur`) with
-`jax.lax.scan`. Public arrays are batch-major `[B, T, ...]`; `run` swaps to time-major once
-and back once.
+`run` hoists the carry-independent input projection (`cell.project`) out of the step loop —
+large `[B*T, I] @ [I, G*H]` matmuls (per chunk of steps in the FUSED path) — and loops only
+over the recurrent part. Public arrays are batch-major `[B, T, ...]`; `run` swaps to
+time-major once and back once.
 
 Variable lengths (`seq_lengths [B]`): each sequence stops at its own length. Steps past it hold
 the carry (so the final carry is the one at the last valid step) and output zeros. With
 `reverse=True` each sequence is reversed inside its valid part, as PyTorch's packed sequences
 are, so the backward direction of a bidirectional layer starts at each sequence's own last
 element, not at the padding.
+
+Implementations (`impl`, all pinned against a Python loop over `cell.step`): FUSED
+(`gated_rnn.fused`: per-gate matmuls, chunked projection, a custom VJP with the weight
+gradients outside the reverse loop, optional remat and bfloat16 matmuls) is what AUTO picks for
+rnn, lstm and the reset-after GRU; SCAN (`jax.lax.scan` over `cell.recur`, differentiated by
+JAX, optional remat via `jax.checkpoint`) for the rest; CUDNN (`gated_rnn.cudnn`) is an opt-in
+LSTM path for GPUs. README "Performance" has the measurements.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gated_rnn import checks
+from gated_rnn import checks, cudnn, fused
 
 
 def _concrete(x) -> np.ndarray | None:
@@ -63,9 +71,33 @@ def mask_from_lengths(seq_lengths: jax.Array, num_steps: int) -> jax.Array:
     return jnp.arange(num_steps)[None, :] < seq_lengths[:, None]
 
 
+class Impl(enum.Enum):
+    """How `run` executes the loop. All give the same numbers (tests pin each against a loop)."""
+
+    AUTO = "auto"    # FUSED where the cell supports it (see `fused.supports`), else SCAN
+    SCAN = "scan"    # `jax.lax.scan` over `cell.recur`, differentiated by JAX
+    FUSED = "fused"  # `gated_rnn.fused`: chunked projection, custom VJP, optional remat
+    CUDNN = "cudnn"  # `gated_rnn.cudnn`: LSTM on a GPU via cuDNN (opt-in; untested on a GPU)
+
+
+def resolve_impl(cell: Any, impl: Impl | str) -> Impl:
+    """The concrete implementation (not AUTO) `run` uses for `cell`; raises for a bad one."""
+    try:
+        impl = Impl(impl.value if isinstance(impl, Impl) else impl)
+    except ValueError:
+        raise ValueError(f"impl: unknown value {impl!r}; valid: {[i.value for i in Impl]}") from None
+    if impl is Impl.AUTO:
+        return Impl.FUSED if fused.supports(cell) else Impl.SCAN
+    if impl is Impl.FUSED and not fused.supports(cell):
+        raise ValueError(f"impl='fused' needs a cell with an update(params, carry, xp, hz) split "
+                         f"(rnn, lstm, gru reset_after); got {cell!r}. Use impl='scan'.")
+    return impl
+
+
 def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
         seq_lengths: jax.Array | None = None, reverse: bool = False,
-        unroll: int = 1) -> tuple[Any, jax.Array]:
+        unroll: int = 1, impl: Impl | str = Impl.AUTO, remat: bool = False,
+        chunk_size: int | None = None, matmul_dtype: Any = None) -> tuple[Any, jax.Array]:
     """Runs `cell` over a batch of sequences.
 
     Args:
@@ -77,6 +109,15 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
       seq_lengths: [B] integer lengths in [0, T], or None for all T.
       reverse: run from the last valid step to the first.
       unroll: steps per loop iteration of `jax.lax.scan`.
+      impl: `Impl` or its name; AUTO takes FUSED where the cell supports it. CUDNN (LSTM on a
+        GPU, opt-in, untested on a GPU so far) takes none of the options below.
+      remat: rematerialize in the backward pass: keep the carry only every `chunk_size` steps
+        (default about sqrt(T)) and recompute the steps between. Cuts a training step's memory
+        from O(T) gate activations to O(sqrt(T)) for about one more forward pass.
+      chunk_size: steps per chunk of the FUSED path's input projection (and of remat);
+        None picks `fused.default_chunk_size`.
+      matmul_dtype: None, or a dtype (e.g. `jnp.bfloat16`) for the FUSED path's matmul
+        operands; the state and the gate math stay in the params' dtype.
 
     Returns:
       (final_carry, ys): the carry after each sequence's last valid step, and
@@ -84,7 +125,18 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
     """
     if np.ndim(xs) != 3:
         raise ValueError(f"scan.run: xs must be [B, T, I], got shape {tuple(np.shape(xs))}")
+    impl = resolve_impl(cell, impl)
+    if impl is Impl.CUDNN:
+        cudnn.check(cell, params)
+        if remat or chunk_size is not None or matmul_dtype is not None or unroll != 1:
+            raise ValueError("impl='cudnn' takes none of remat, chunk_size, matmul_dtype, unroll")
+    if impl is not Impl.FUSED and matmul_dtype is not None:
+        raise ValueError(f"matmul_dtype={matmul_dtype!r} needs impl='fused' (got {impl.value!r})")
+    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer))
+                                   or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"chunk_size: expected None or an integer >= 1, got {chunk_size!r}")
     batch, num_steps, _ = np.shape(xs)
+    jax.eval_shape(cell.project, params, xs)  # the cell's input checks, on [B, T, I]
     expected = jax.eval_shape(lambda: cell.zero_carry(params, (batch,)))
     if carry is None:
         carry = cell.zero_carry(params, (batch,))
@@ -98,6 +150,30 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
             xs = reverse_padded(xs, seq_lengths)
         mask = jnp.swapaxes(mask_from_lengths(seq_lengths, num_steps), 0, 1)  # [T, B]
 
+    scan_reverse = reverse and mask is None
+    if num_steps == 0:
+        impl = Impl.SCAN
+    if impl is Impl.CUDNN:
+        lengths = jnp.full((batch,), num_steps, jnp.int32) if seq_lengths is None else seq_lengths
+        if reverse and seq_lengths is None:
+            xs = reverse_padded(xs, lengths)
+        carry, ys = cudnn.run(params, xs, carry, lengths)
+        return carry, reverse_padded(ys, lengths) if reverse else ys
+    if impl is Impl.FUSED:
+        carry, ys_TxBxH = fused.run(cell, params, jnp.swapaxes(xs, 0, 1), carry, mask,
+                                    reverse=scan_reverse, unroll=unroll, chunk_size=chunk_size,
+                                    remat=remat, matmul_dtype=matmul_dtype)
+    else:
+        carry, ys_TxBxH = _scan(cell, params, xs, carry, mask, reverse=scan_reverse,
+                                unroll=unroll, remat=remat, chunk_size=chunk_size)
+    ys = jnp.swapaxes(ys_TxBxH, 0, 1)
+    if mask is not None and reverse:
+        ys = reverse_padded(ys, seq_lengths)
+    return carry, ys
+
+
+def _scan(cell, params, xs, carry, mask, *, reverse, unroll, remat, chunk_size):
+    """The SCAN implementation: hoisted projection, `jax.lax.scan` over `cell.recur`."""
     xp_TxBxG = jnp.swapaxes(cell.project(params, xs), 0, 1)
 
     if mask is None:
@@ -113,9 +189,33 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
             return new_carry, jnp.where(m, y, jnp.zeros_like(y))
         inputs = (xp_TxBxG, mask)
 
-    carry, ys_TxBxH = jax.lax.scan(body, carry, inputs, unroll=unroll,
-                                   reverse=reverse and mask is None)
-    ys = jnp.swapaxes(ys_TxBxH, 0, 1)
-    if mask is not None and reverse:
-        ys = reverse_padded(ys, seq_lengths)
-    return carry, ys
+    if not remat:
+        return jax.lax.scan(body, carry, inputs, unroll=unroll, reverse=reverse)
+    # Remat: an outer scan over chunks whose inner scan JAX recomputes in the backward pass.
+    num_steps = xp_TxBxG.shape[0]
+    k = min(num_steps, fused.default_chunk_size(num_steps, xp_TxBxG.shape[1], remat=True)
+            if chunk_size is None else chunk_size)
+    pad = -num_steps % k
+    if pad:
+        if mask is None:
+            mask = jnp.ones(xp_TxBxG.shape[:2], bool)
+            inputs = (xp_TxBxG, mask)
+
+            def body(carry, inp, _body=body):
+                xp, m = inp
+                new_carry, y = _body(carry, xp)
+                m = m[:, None]
+                new_carry = jax.tree_util.tree_map(lambda n, o: jnp.where(m, n, o),
+                                                   new_carry, carry)
+                return new_carry, jnp.where(m, y, jnp.zeros_like(y))
+        inputs = jax.tree_util.tree_map(
+            lambda a: jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)]), inputs)
+    chunks = jax.tree_util.tree_map(lambda a: a.reshape(-1, k, *a.shape[1:]), inputs)
+
+    @jax.checkpoint
+    def outer(carry, chunk):
+        return jax.lax.scan(body, carry, chunk, unroll=unroll, reverse=reverse)
+
+    carry, ys = jax.lax.scan(outer, carry, chunks, reverse=reverse)
+    ys = ys.reshape(-1, *ys.shape[2:])
+    return carry, ys[:num_steps]

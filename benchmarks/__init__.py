@@ -1,0 +1,1 @@
+"""Speed benchmarks of gated_rnn against its peers (Flax linen, PyTorch); see bench.py."""

@@ -1,0 +1,310 @@
+"""The fast path of `scan.run`: per-gate matmuls, chunked projection, a custom VJP, remat.
+
+A cell qualifies if its step is `update(params, carry, xp, hz)` on the gate blocks of
+`xp = x @ w_x + b` and `hz = carry.h @ w_h`: `rnn`, `lstm` (with or without projection) and the
+RESET_AFTER `gru` (RESET_BEFORE has a second, r-dependent matmul; `scan.run` keeps the plain
+path for it).
+
+Per-gate blocks: every matmul here produces one contiguous `[..., H]` block per gate (the
+weights are split once, outside the loops), so no activation reads a column slice of a fused
+`[..., G*H]` array. XLA:CPU compiles such slices, next to the loop's dynamic slice, into scalar
+exp/tanh, which cost as much as the matmul (checked in the generated code).
+
+Forward: a scan over chunks of K steps. Each chunk projects its inputs in `[K*B, I] @ [I, H]`
+matmuls (hoisted out of the step loop, but never a whole-sequence buffer, which at T = 1000
+costs more in fresh pages than the hoisting saves), then scans the steps.
+
+Backward (`jax.custom_vjp`): the reverse step loop does only the `[B, H] @ [H, P]` matmuls
+and elementwise work; the weight gradients `dw_h = H_prev^T dZ`, `dw_x = X^T dZ`, `db` are
+computed once per chunk as `[K*B]`-long matmuls (autodiff of a plain scan instead does an
+outer product per step and carries `dw_h` through the loop).
+
+Rematerialization (`remat=True`): the forward pass keeps only the carry at each chunk start;
+the backward pass recomputes each chunk's steps before reversing them. Memory falls from
+O(T) stored gate pre-activations to O(T / K + K), about 2 sqrt(T) with K = sqrt(T), for one
+more forward pass.
+
+Optional `matmul_dtype` (e.g. bfloat16): the matmuls take operands in that dtype and
+accumulate in the state's dtype; the state and the gate math stay in the params' dtype.
+
+Arrays here are time-major: xs `[T, B, I]`, mask `[T, B]`, ys `[T, B, P]`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gated_rnn import gru, lstm, rnn
+
+_ROWS_PER_CHUNK = 1024  # K*B rows per projection matmul without remat (see default_chunk_size)
+
+
+def update_fn(cell: Any):
+    """The cell's `update(params, carry, xp, hz)`, or None if its step has no such split."""
+    if isinstance(cell, gru.Cell):
+        return gru.update if cell.variant is gru.Variant.RESET_AFTER else None
+    return getattr(cell, "update", None)
+
+
+def supports(cell: Any) -> bool:
+    """Whether `run` can take this cell (see the module docstring)."""
+    return update_fn(cell) is not None
+
+
+def _num_gates(cell: Any) -> int:
+    return gru.NUM_GATES if isinstance(cell, gru.Cell) else cell.NUM_GATES
+
+
+def _reads_sum(cell: Any) -> bool:
+    """Whether the cell's update reads each block pair only as xp + hz (then dxp == dhz, and
+    the backward pass stores and returns one block per gate and step instead of two)."""
+    return cell is lstm or cell is rnn
+
+
+def default_chunk_size(num_steps: int, batch_size: int, *, remat: bool) -> int:
+    """Steps per chunk: about sqrt(T) with remat; otherwise about 1024 / B (so each chunk's
+    projection is a ~1024-row matmul). A divisor of T near the target is preferred (no tail)."""
+    if num_steps <= 1:
+        return 1
+    target = math.isqrt(num_steps) if remat else max(1, _ROWS_PER_CHUNK // max(batch_size, 1))
+    target = min(target, num_steps)
+    for k in sorted(range(max(1, (target + 1) // 2), min(num_steps, 2 * target) + 1),
+                    key=lambda k: (abs(k - target), k)):
+        if num_steps % k == 0:
+            return k
+    return target
+
+
+class _Static(NamedTuple):
+    """Hashable configuration (a `nondiff_argnums` argument of the custom VJP)."""
+    cell: Any
+    reverse: bool
+    unroll: int
+    chunk_size: int
+    remat: bool
+    matmul_dtype: Any  # None or a dtype for the matmuls' operands
+
+
+def _matmul(a: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    if dtype is None:
+        return a @ w
+    return jnp.matmul(a.astype(dtype), w.astype(dtype), preferred_element_type=a.dtype)
+
+
+def _blocks(params: Any, num_gates: int) -> tuple:
+    """Per-gate (w_x, b, w_h) blocks: tuples of G arrays `[I, H]`, `[H]`, `[P, H]`."""
+    return (tuple(jnp.split(params.w_x, num_gates, axis=1)),
+            tuple(jnp.split(params.b, num_gates)),
+            tuple(jnp.split(params.w_h, num_gates, axis=1)))
+
+
+def _project(s: _Static, params: Any, w_x, b, x: jax.Array) -> tuple:
+    """The gate blocks of `x @ w_x + b` (through the cell's own `project`)."""
+    if s.matmul_dtype is None:
+        return tuple(s.cell.project(params._replace(w_x=w, b=c), x) for w, c in zip(w_x, b))
+    lift = lambda c: jnp.reshape(c, (1,) * (x.ndim - 1) + c.shape)  # noqa: E731
+    return tuple(_matmul(x, w, s.matmul_dtype) + lift(c) for w, c in zip(w_x, b))
+
+
+def _rest(params: Any) -> Any:
+    """The params that `update` reads: all but w_x, b (the projection) and w_h (the matmul)."""
+    return params._replace(w_x=None, w_h=None, b=None)
+
+
+def _masked_update(s: _Static, rest, carry, xp, hz, m):
+    new, y = update_fn(s.cell)(rest, carry, xp, hz)
+    if m is None:
+        return new, y
+    m = m[:, None]
+    new = jax.tree_util.tree_map(lambda n, o: jnp.where(m, n, o), new, carry)
+    return new, jnp.where(m, y, jnp.zeros_like(y))
+
+
+def _chunk(s: _Static, params, blocks, carry, x, m, keep: bool):
+    """K steps from `carry`: x [K, B, I], m [K, B] or None. Returns (carry, ys, residuals).
+
+    The residuals are what the backward step needs: per step the carry before it and the
+    update's inputs (the blocks of xp + hz, or of xp and of hz).
+    """
+    w_x, b, w_h = blocks
+    xp = _project(s, params, w_x, b, x)
+    rest = _rest(params)
+
+    def body(carry, inp):
+        xp_t, m_t = inp
+        hz = tuple(_matmul(carry.h, w, s.matmul_dtype) for w in w_h)
+        new, y = _masked_update(s, rest, carry, xp_t, hz, m_t)
+        if not keep:
+            return new, y
+        if _reads_sum(s.cell):
+            return new, (y, (carry, tuple(a + c for a, c in zip(xp_t, hz))))
+        return new, (y, (carry, xp_t, hz))
+
+    carry, out = jax.lax.scan(body, carry, (xp, m), reverse=s.reverse, unroll=s.unroll)
+    return (carry, out, None) if not keep else (carry, *out)
+
+
+def _chunked(a, k: int):
+    return None if a is None else a.reshape(a.shape[0] // k, k, *a.shape[1:])
+
+
+def _unchunked(a):
+    return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])
+
+
+def _forward(s: _Static, params, carry, xs, mask, keep: str):
+    """keep: 'none', 'steps' (every step's residuals) or 'starts' (the carry at chunk starts)."""
+    blocks = _blocks(params, _num_gates(s.cell))
+
+    def outer(carry, inp):
+        x, m = inp
+        new, ys, res = _chunk(s, params, blocks, carry, x, m, keep == "steps")
+        return new, (ys, res if keep == "steps" else carry if keep == "starts" else None)
+
+    carry, (ys, saved) = jax.lax.scan(outer, carry, (_chunked(xs, s.chunk_size),
+                                                     _chunked(mask, s.chunk_size)),
+                                      reverse=s.reverse)
+    return carry, _unchunked(ys), saved
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _run(s: _Static, params, carry, xs, mask):
+    carry, ys, _ = _forward(s, params, carry, xs, mask, "none")
+    return carry, ys
+
+
+def _run_fwd(s: _Static, params, carry, xs, mask):
+    # With symbolic_zeros, each leaf comes as a CustomVJPPrimal(value, perturbed).
+    is_primal = lambda a: isinstance(a, jax.custom_derivatives.CustomVJPPrimal)  # noqa: E731
+    value = lambda t: jax.tree_util.tree_map(lambda a: a.value, t, is_leaf=is_primal)  # noqa: E731
+    params, carry, xs_perturbed, xs, mask = (value(params), value(carry), xs.perturbed,
+                                             xs.value, value(mask))
+    carry_out, ys, saved = _forward(s, params, carry, xs, mask, "starts" if s.remat else "steps")
+    # An empty array (vs None) tells the backward pass, by structure, to compute dxs.
+    want_dxs = jnp.zeros((0,), xs.dtype) if xs_perturbed else None
+    return (carry_out, ys), (params, xs, mask, saved, want_dxs)
+
+
+def _instantiate(ct):
+    """Cotangents with symbolic zeros (an unused output) replaced by zero arrays."""
+    symbolic = jax.custom_derivatives.SymbolicZero
+    return jax.tree_util.tree_map(
+        lambda c: jnp.zeros(c.shape, c.dtype) if isinstance(c, symbolic) else c,
+        ct, is_leaf=lambda c: isinstance(c, symbolic))
+
+
+def _tree_add(a, b):
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def _run_bwd(s: _Static, res, cts):
+    params, xs, mask, saved, want_dxs = res
+    d_carry, d_ys = _instantiate(cts)
+    k = s.chunk_size
+    blocks = _blocks(params, _num_gates(s.cell))
+    w_x, b, w_h = blocks
+    w_h_t = tuple(w.T for w in w_h)
+    rest = _rest(params)
+    sums = _reads_sum(s.cell)
+
+    def outer(acc, inp):
+        d_carry, d_w_x, d_b, d_w_h, d_rest = acc
+        x, m, dy, saved_chunk = inp
+        res = _chunk(s, params, blocks, saved_chunk, x, m, True)[2] if s.remat else saved_chunk
+
+        def inner(acc, inp):
+            d_carry, d_rest = acc
+            res_t, m_t, dy_t = inp
+            if sums:
+                c_t, pre_t = res_t
+                zeros = tuple(jnp.zeros_like(a) for a in pre_t)
+                _, vjp = jax.vjp(lambda r, c, a: _masked_update(s, r, c, a, zeros, m_t),
+                                 rest, c_t, pre_t)
+                dr, dc, dxp = vjp((d_carry, dy_t))
+                dhz = dxp
+            else:
+                _, vjp = jax.vjp(lambda r, c, a, z: _masked_update(s, r, c, a, z, m_t),
+                                 rest, *res_t)
+                dr, dc, dxp, dhz = vjp((d_carry, dy_t))
+            dh = dc.h
+            for d, w in zip(dhz, w_h_t):
+                dh = dh + _matmul(d, w, s.matmul_dtype)
+            return (dc._replace(h=dh), _tree_add(d_rest, dr)), (dxp if sums else (dxp, dhz))
+
+        (d_carry, d_rest), d_pre = jax.lax.scan(
+            inner, (d_carry, d_rest), (res, m, dy), reverse=not s.reverse, unroll=s.unroll)
+        dxps, dhzs = (d_pre, d_pre) if sums else d_pre
+        h_prev_t = _unchunked(res[0].h).T
+        d_w_h = tuple(acc + _matmul(h_prev_t, _unchunked(d), s.matmul_dtype)
+                      for acc, d in zip(d_w_h, dhzs))
+        if want_dxs is None:
+            _, pvjp = jax.vjp(lambda w, c: _project(s, params, w, c, x), w_x, b)
+            (dwx, db), dx = pvjp(dxps), None
+        else:
+            _, pvjp = jax.vjp(lambda w, c, x: _project(s, params, w, c, x), w_x, b, x)
+            dwx, db, dx = pvjp(dxps)
+        return (d_carry, _tree_add(d_w_x, dwx), _tree_add(d_b, db), d_w_h, d_rest), dx
+
+    zeros = lambda t: jax.tree_util.tree_map(jnp.zeros_like, t)  # noqa: E731
+    init = (d_carry, zeros(w_x), zeros(b), zeros(w_h), zeros(rest))
+    (d_carry, d_w_x, d_b, d_w_h, d_rest), dxs = jax.lax.scan(
+        outer, init, (_chunked(xs, k), _chunked(mask, k), _chunked(d_ys, k), saved),
+        reverse=not s.reverse)
+    d_params = params._replace(
+        w_x=jnp.concatenate(d_w_x, axis=1), b=jnp.concatenate(d_b),
+        w_h=jnp.concatenate(d_w_h, axis=1),
+        **{f: getattr(d_rest, f) for f in params._fields if f not in ("w_x", "w_h", "b")})
+    return d_params, d_carry, None if dxs is None else _unchunked(dxs), None
+
+
+_run.defvjp(_run_fwd, _run_bwd, symbolic_zeros=True)
+
+
+def run(cell: Any, params: Any, xs: jax.Array, carry: Any, mask: Optional[jax.Array] = None, *,
+        reverse: bool = False, unroll: int = 1, chunk_size: Optional[int] = None,
+        remat: bool = False, matmul_dtype: Any = None) -> tuple[Any, jax.Array]:
+    """Runs `cell` over time-major inputs; same results as a `jax.lax.scan` over `cell.recur`.
+
+    Args:
+      cell: a cell for which `supports(cell)` holds.
+      params: the cell's Params.
+      xs: [T, B, I] inputs, time-major.
+      carry: initial Carry with [B, H] fields.
+      mask: [T, B] booleans, or None for all True; where False the carry is held and y is 0.
+      reverse: scan from the last step to the first.
+      unroll: steps per iteration of the step loops.
+      chunk_size: steps per chunk (see the module docstring); None for `default_chunk_size`.
+        If T is not a multiple, the remaining steps run as one more, shorter chunk.
+      remat: keep only the carry at chunk starts and recompute the steps in the backward pass.
+      matmul_dtype: None, or a dtype (e.g. jnp.bfloat16) for the matmuls' operands.
+
+    Returns:
+      (final_carry, ys [T, B, P]).
+    """
+    if not supports(cell):
+        raise ValueError(f"fused.run: cell {cell!r} has no update(params, carry, xp, hz) split; "
+                         "supported: rnn, lstm, gru.cell('reset_after')")
+    num_steps, batch = xs.shape[:2]
+    k = default_chunk_size(num_steps, batch, remat=remat) if chunk_size is None else chunk_size
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"chunk_size: expected None or an integer >= 1, got {chunk_size!r}")
+    k = min(int(k), max(num_steps, 1))
+    statics = lambda k: _Static(cell, bool(reverse), int(unroll), k, bool(remat),  # noqa: E731
+                                None if matmul_dtype is None else jnp.dtype(matmul_dtype))
+    main = num_steps - num_steps % k
+    if main == num_steps:
+        return _run(statics(k), params, carry, xs, mask)
+    # A tail of T % K steps: one more call with a single, shorter chunk, after the main part
+    # in time (so first when reversed).
+    parts = [(statics(k), slice(0, main)), (statics(num_steps - main), slice(main, None))]
+    ys = [None, None]
+    for i in ((1, 0) if reverse else (0, 1)):
+        s, sl = parts[i]
+        carry, ys[i] = _run(s, params, carry, xs[sl], None if mask is None else mask[sl])
+    return carry, jnp.concatenate(ys)
