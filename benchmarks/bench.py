@@ -12,8 +12,8 @@ Columns: time, ratio to gated_rnn (the first variant), GFLOP/s of the matmuls th
 (forward 2·B·T·G·H·(I+H); training 2·B·T·G·H·(2I+3H): forward, dh, dW_h, dW_x), and that as a
 fraction of the matmul ceiling: the best of a 2048² float32 matmul in XLA and in PyTorch,
 measured in the same run. Then: compile times; peak memory of a training step (XLA's
-memory_analysis: arguments + outputs + temporaries; PyTorch: growth of the peak RSS in a fresh
-process); a T=10,000 training step with remat; 16 seeds in one vmapped step vs 16 steps.
+memory_analysis: arguments + outputs + temporaries; PyTorch: growth of the resident set during
+a step, sampled, in a fresh process); a T=10,000 training step with remat; 16 seeds in one vmapped step vs 16 steps.
 """
 
 from __future__ import annotations
@@ -160,22 +160,42 @@ def _torch_ceiling(torch, n: int) -> Callable[[], float]:
 
 
 _TORCH_PEAK = r"""
-import resource, sys, torch
+import sys, threading, time, torch
 torch.set_num_threads({threads})
 cell, b, h, t = sys.argv[1], *map(int, sys.argv[2:5])
 model = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(h, h, batch_first=True)
 x = torch.randn(b, t, h)
-with torch.inference_mode():
-    model(x[:, :2])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-model(x)[0].mean().backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+def step():
+    for p in model.parameters():
+        p.grad = None
+    model(x)[0].mean().backward()
+
+step()  # warm-up: the allocator's steady state
+base, peak, done = rss(), [0], []
+
+def sample():
+    while not done:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.0005)
+
+sampler = threading.Thread(target=sample)
+sampler.start()
+step()
+done.append(True)
+sampler.join()
+print(max(peak[0], rss()) - base)
 """
 
 
 def _torch_peak_bytes(cell: str, b: int, h: int, t: int) -> int | None:
-    """Growth of the peak RSS over one training step, in a fresh process (glibc returns large
-    blocks to the OS, so the peak of this one step is what the high-water mark records)."""
+    """Growth of the resident set during one training step after a warm-up step, sampled every
+    0.5 ms in a fresh process (glibc maps large blocks fresh and returns them, so this is the
+    step's working set; a sampled peak can miss short spikes)."""
     code = _TORCH_PEAK.format(threads=os.cpu_count() or 1)
     out = subprocess.run([sys.executable, "-c", code, cell, str(b), str(h), str(t)],
                          capture_output=True, text=True, timeout=600)
@@ -224,6 +244,8 @@ def speed_rows(configs, cells, variants, peers, repeats: int,
                 rows.append({"cell": cell, "B": b, "H": h, "T": t, "impl": n,
                              "fwd_s": _median(times[n]["fwd"]),
                              "train_s": _median(times[n]["train"]),
+                             "fwd_min_s": min(times[n]["fwd"]),
+                             "train_min_s": min(times[n]["train"]),
                              "fwd_all_s": times[n]["fwd"], "train_all_s": times[n]["train"],
                              "compile_s": comp})
             print(f"  timed {cell} B={b} H={h} T={t}", flush=True)

@@ -3,11 +3,13 @@
 For a run's model, at initialisation and after training, against the distance k = L - 1 - t
 from the last input step (L = the task's input length):
 
-- state gain `|| dh_{L-1} / ds_t ||_2`: the spectral norm of the Jacobian of the last layer's
-  final output h_{L-1} with respect to its whole carry s_t after step t (h for the RNN and GRU;
-  [h, c] for the LSTM, whose memory lives in c). It is measured by adding a zero perturbation to
-  the carry after every step and differentiating with respect to it; k = 0 gives 1. For a linear
-  RNN h_t = h_{t-1} W + x_t U it is `||W^k||_2`, a case the tests pin.
+- state gain `||dh_{L-1}/ds_t||_F / sqrt(H)`: the root-mean-square singular value of the
+  Jacobian of the last layer's final output h_{L-1} with respect to its whole carry s_t after
+  step t (h for the RNN and GRU; [h, c] for the LSTM, whose memory lives in c). It is measured by
+  adding a zero perturbation to the carry after every step and differentiating with respect to
+  it (the exact Jacobian: H backward passes); k = 0 gives 1. For a linear RNN
+  h_t = h_{t-1} W + x_t U it is `||W^k||_F / sqrt(H)`, a case the tests pin. (The spectral norm
+  would need an SVD per step and sequence, which cost more than the Jacobian itself.)
 - input gradient `|| d loss_b / d x_{b,t} ||_2`: the task loss of one sequence (its own mean
   over its steps, as in training) differentiated with respect to the encoded input at step t.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import importlib
 import io
 import json
 import os
@@ -49,7 +52,7 @@ PROBE_KEY = 20240601  # a fixed probe batch, independent of every training and e
 
 
 def state_gains(cell: Any, params: Any, xs: jax.Array) -> jax.Array:
-    """Spectral norms of dh_{L-1}/ds_t for every step t of every sequence.
+    """RMS singular values `||dh_{L-1}/ds_t||_F / sqrt(H)` for every step t of every sequence.
 
     Args:
       cell: a cell module or object with `project`, `recur`, `zero_carry` (as `scan.run` takes).
@@ -75,7 +78,7 @@ def state_gains(cell: Any, params: Any, xs: jax.Array) -> jax.Array:
                              cell.zero_carry(params, (1,)))
         jac = jax.jacrev(final_h, argnums=1)(xp_one, zeros)   # fields [H, L, 1, H_field]
         jac = jnp.concatenate([j[:, :, 0] for j in jax.tree.leaves(jac)], axis=-1)
-        return jax.vmap(lambda m: jnp.linalg.norm(m, ord=2))(jnp.swapaxes(jac, 0, 1))
+        return jnp.sqrt(jnp.sum(jnp.square(jac), axis=(0, 2)) / jac.shape[0])  # [L]
 
     return jax.lax.map(one, xp)
 
@@ -116,16 +119,34 @@ def measure(model: model_lib.Model, task: tasks.Task, params: Any,
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run was started with (its config.json, else its result.json)."""
+    """The config a run was started with (its config.json, else its result.json).
+
+    The stored values go onto the task's current `get_config()`, so a run made before a field
+    was added still loads (the new field keeps its default).
+    """
     for name, pick in (("config.json", lambda d: d), (report.RESULT_FILE, lambda d: d["config"])):
         path = os.path.join(workdir, name)
         if os.path.exists(path):
             with open(path) as f:
-                return ml_collections.ConfigDict(pick(json.load(f)))
+                stored = pick(json.load(f))
+            config = importlib.import_module(
+                f"experiments.configs.{stored['task']['name']}").get_config()
+            _merge(config, stored)
+            return config
     raise ValueError(f"--workdirs: {workdir!r} holds neither config.json nor result.json")
 
 
-def probe_run(workdir: str, *, batch_size: int = 16, seed_index: int = 0) -> dict[str, Any]:
+def _merge(node: ml_collections.ConfigDict, stored: dict[str, Any]) -> None:
+    for key, value in stored.items():
+        if key not in node:
+            continue  # a field since removed
+        if isinstance(node[key], ml_collections.ConfigDict):
+            _merge(node[key], value)
+        else:
+            node[key] = tuple(value) if isinstance(value, list) else value  # JSON has no tuple
+
+
+def probe_run(workdir: str, *, batch_size: int = 8, seed_index: int = 0) -> dict[str, Any]:
     """Probes one run at init and (if it has a checkpoint) after training.
 
     Returns:
@@ -166,7 +187,7 @@ def probe_run(workdir: str, *, batch_size: int = 16, seed_index: int = 0) -> dic
 
 # ----------------------------------------------------------------------------- outputs
 
-MEASURES = {"state_gain": "|| dh_L / ds_t ||  (last layer's carry)",
+MEASURES = {"state_gain": "|| dh_L / ds_t ||_F / sqrt(H)  (last layer's carry)",
             "input_grad": "|| d loss / d x_t ||  (per sequence)"}
 
 
@@ -265,7 +286,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("seq_len", None, "with --root: the sequence length T")
     flags.DEFINE_list("workdirs", None, "or: these run directories (then --out is needed)")
     flags.DEFINE_string("out", None, "output directory (default ROOT/probe_<task>_T<T>)")
-    flags.DEFINE_integer("batch_size", 16, "probe sequences (the measures are their mean)")
+    flags.DEFINE_integer("batch_size", 8, "probe sequences (the measures are their mean)")
     flags.DEFINE_integer("seed_index", 0, "which of a run's vmapped seeds to probe")
 
 

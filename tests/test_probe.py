@@ -1,5 +1,5 @@
 """Pins the gradient-flow probe against cases computed independently: a linear RNN (the state
-gain is ||W^k||_2), a tanh RNN (a NumPy product of step Jacobians), an LSTM (central finite
+gain is ||W^k||_F / sqrt(H)), a tanh RNN (a NumPy product of step Jacobians), an LSTM (central finite
 differences of the final h in float64 with respect to the whole carry), and the input gradient
 (finite differences of each sequence's loss). Then one real smoke-size sweep point, end to end:
 trained, skipped when rerun, probed.
@@ -48,7 +48,7 @@ def test_linear_rnn_gain_is_the_norm_of_the_matrix_power():
     params = {"w": jnp.asarray(w), "u": jnp.asarray(rng.standard_normal((3, h)), jnp.float32)}
     xs = jnp.asarray(rng.standard_normal((2, length, 3)), jnp.float32)
     gains = np.asarray(jax.jit(probe.state_gains, static_argnums=0)(_Linear, params, xs))
-    expected = [np.linalg.norm(np.linalg.matrix_power(w, length - 1 - t), 2)
+    expected = [np.linalg.norm(np.linalg.matrix_power(w, length - 1 - t), "fro") / np.sqrt(h)
                 for t in range(length)]
     assert gains.shape == (2, length)
     np.testing.assert_allclose(gains, np.stack([expected] * 2), rtol=2e-5)
@@ -69,7 +69,7 @@ def test_tanh_rnn_gain_matches_a_numpy_jacobian_product(key):
         jac = np.eye(h)  # d h_{L-1} / d h_t, column convention: J = prod diag(1 - h^2) W^T
         for s in range(t + 1, length):
             jac = np.diag(1 - hs[s] ** 2) @ w_h.T @ jac
-        np.testing.assert_allclose(gains[t], np.linalg.norm(jac, 2), rtol=1e-4)
+        np.testing.assert_allclose(gains[t], np.linalg.norm(jac, "fro") / np.sqrt(h), rtol=1e-4)
 
 
 def test_lstm_gain_matches_finite_differences_over_h_and_c(key):
@@ -94,8 +94,9 @@ def test_lstm_gain_matches_finite_differences_over_h_and_c(key):
             plus = jax.vmap(lambda d: final_h(t, d))(directions)
             minus = jax.vmap(lambda d: final_h(t, d))(-directions)
             jac = np.asarray((plus - minus) / (2 * eps)).T  # [H, 2H]
-            np.testing.assert_allclose(gains[t], np.linalg.norm(jac, 2), rtol=1e-6)
-    np.testing.assert_allclose(gains[-1], 1.0, rtol=1e-12)  # k = 0: s_t is h_L itself
+            np.testing.assert_allclose(gains[t], np.linalg.norm(jac, "fro") / np.sqrt(h),
+                                       rtol=1e-6)
+    np.testing.assert_allclose(gains[-1], 1.0, rtol=1e-12)  # k = 0: J = [I, 0]
 
 
 def test_input_gradients_match_finite_differences_of_each_sequence_loss(key):
@@ -140,7 +141,16 @@ def test_sweep_point_then_probe_end_to_end(tmp_path):
     assert outcome.ran == ["adding/lstm-default/T10"]
     assert sweep.run_points(grid, points, str(tmp_path)).skipped == outcome.ran
     assert len(report.load_rows(str(tmp_path))) == 2
-    p = probe.probe_run(os.path.join(tmp_path, outcome.ran[0]), batch_size=4, seed_index=1)
+    workdir = os.path.join(tmp_path, outcome.ran[0])
+    # A run recorded by older code: a field it did not have yet, one since removed.
+    with open(os.path.join(workdir, "config.json")) as f:
+        stored = json.load(f)
+    del stored["train"]["eps"]
+    stored["model"]["retired_option"] = 3
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(stored, f)
+    assert probe.load_config(workdir).model.cell == "lstm"
+    p = probe.probe_run(workdir, batch_size=4, seed_index=1)
     assert (p["seed"], p["trained_step"], p["distance"]) == (1, 40, list(range(10)))
     for when in ("at_init", "trained"):
         gains = np.asarray(p[when]["state_gain"])

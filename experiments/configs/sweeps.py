@@ -16,8 +16,9 @@ init, once.
 """
 
 # The demo (`./launch.sh demo`): copy and adding, rnn / lstm / gru, a few lengths, 3 seeds per
-# point (vmapped in one program): 15 runs, ~530 CPU-seconds measured on the 2-core dev machine
-# (643 s wall while shared with other jobs). The choices, and why the comparison stays fair:
+# point (vmapped in one program): 15 runs plus the report and two probes, 679 s wall / ~580
+# CPU-seconds measured on the 2-core dev machine while other jobs shared it (the program uses
+# about one core). The choices, and why the comparison stays fair:
 # - Within a task every cell gets the same hidden size, optimizer, batch, steps and schedule, so
 #   the cell is the only difference; 3 seeds and the strict-majority rule guard against luck.
 # - Init forget_bias: orthogonal recurrent kernels plus a +1 bias towards keeping the state (the
@@ -59,7 +60,9 @@ DEMO = {
 
 # Issue 3 "Against the papers": the published protocols (REFERENCE.md §4). The config defaults
 # are already the published setups (copy: LSTM 40, RMSProp 1e-3 decay 0.9, clip 1, batch 20;
-# adding: LSTM 128, batch 50), trained for the published 20,000 iterations, one seed.
+# adding: LSTM 128, batch 50), trained for the published 20,000 iterations, one seed. Measured on
+# the 2-core dev machine: the copy half takes ~21 CPU-minutes; the adding half did not fit (2,000
+# steps took 69 / 228 / 546 s at T = 100 / 200 / 400, so 20,000 would take ~2.3 hours).
 PAPERS = {
     "cells": ("lstm",),
     "inits": ("default",),
@@ -76,6 +79,7 @@ PAPERS = {
             "config": {"train.steps": 20_000},
         },
     },
+    "probe": ("copy:100", "adding:100"),
 }
 
 # Seconds per point: the tests' and CI's end-to-end check of the sweep machinery (the configs'
