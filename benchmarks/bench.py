@@ -5,7 +5,8 @@ r"""gated_rnn against Flax linen and PyTorch: forward pass and training step, LS
     python -m benchmarks.bench --configs=32,128,100 --cells=lstm --variants=auto,scan,fused
 
 Each implementation is jitted (JAX) and warmed up; then the repeats run the implementations
-interleaved (fwd and train of each, in turn), and the table shows medians. The training step is
+interleaved (fwd and train of each, in turn, each timed call right after an untimed one: see
+`_timed_warm`), and the table shows medians. The training step is
 forward + backward of the mean of all outputs, gradients for all params (not the inputs).
 
 Columns: time, ratio to gated_rnn (the first variant), GFLOP/s of the matmuls the pass needs
@@ -71,6 +72,15 @@ def _timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _timed_warm(fn: Callable[[], Any]) -> float:
+    """One untimed call, then one timed call. Each library's thread pool spins for a while after
+    its work (PyTorch's OpenMP, XLA's Eigen pool); the warm call keeps one implementation from
+    being timed while the previous one's threads still hold the cores, and gives each its own
+    warm pool, as in a training loop."""
+    fn()
+    return _timed(fn)
 
 
 # ----------------------------------------------------------------------------- JAX peers
@@ -238,8 +248,8 @@ def speed_rows(configs, cells, variants, peers, repeats: int,
                 for k, measure in ceilings.items():
                     ceiling_samples[k].append(measure())
                 for n, (fwd, train, _) in cases.items():
-                    times[n]["fwd"].append(_timed(fwd))
-                    times[n]["train"].append(_timed(train))
+                    times[n]["fwd"].append(_timed_warm(fwd))
+                    times[n]["train"].append(_timed_warm(train))
             for n, (_, _, comp) in cases.items():
                 rows.append({"cell": cell, "B": b, "H": h, "T": t, "impl": n,
                              "fwd_s": _median(times[n]["fwd"]),
@@ -276,7 +286,7 @@ def memory_rows(config, cells, variants, peers, repeats: int = 3) -> list[dict]:
             cases[f"gated_rnn[{v}]" if v else name] = (train, _xla_peak_bytes(compiled), [])
         for _ in range(repeats):
             for train, _, times in cases.values():
-                times.append(_timed(train))
+                times.append(_timed_warm(train))
         rows += [{"cell": cell, "B": b, "H": h, "T": t, "impl": n, "peak_bytes": peak,
                   "train_s": _median(times)} for n, (_, peak, times) in cases.items()]
         if "torch" in peers and _torch() is not None:

@@ -1,23 +1,25 @@
-"""The fast path of `scan.run`: per-gate matmuls, chunked projection, a custom VJP, remat.
+"""The fast path of `scan.run`: chunked projection, gate blocks, a custom VJP, remat.
 
 A cell qualifies if its step is `update(params, carry, xp, hz)` on the gate blocks of
 `xp = x @ w_x + b` and `hz = carry.h @ w_h`: `rnn`, `lstm` (with or without projection) and the
 RESET_AFTER `gru` (RESET_BEFORE has a second, r-dependent matmul; `scan.run` keeps the plain
 path for it).
 
-Per-gate blocks: every matmul here produces one contiguous `[..., H]` block per gate (the
-weights are split once, outside the loops), so no activation reads a column slice of a fused
-`[..., G*H]` array. XLA:CPU compiles such slices, next to the loop's dynamic slice, into scalar
-exp/tanh, which cost as much as the matmul (checked in the generated code).
+Forward: a scan over chunks of K steps. Each chunk projects its inputs in one
+`[K*B, I] @ [I, G*H]` matmul (hoisted out of the step loop, but never a whole-sequence buffer,
+which at T = 1000 costs more in fresh pages than the hoisting saves) and copies the result into
+one contiguous `[K, B, H]` array per gate; then it scans the steps, each one matmul
+`[B, P] @ [P, G*H]` (one, not one per gate: XLA:CPU spreads a large one over several cores) and
+the cell's update on the gate blocks. Why the per-gate copies: a fusion that reads column
+slices of the step's dynamically sliced input compiled to scalar exp/tanh on XLA:CPU, as costly
+as the matmul (checked in the generated code; the GRU forward went from 13.4 to 8.2 ms, single
+thread, at B=32, H=128, T=100).
 
-Forward: a scan over chunks of K steps. Each chunk projects its inputs in `[K*B, I] @ [I, H]`
-matmuls (hoisted out of the step loop, but never a whole-sequence buffer, which at T = 1000
-costs more in fresh pages than the hoisting saves), then scans the steps.
-
-Backward (`jax.custom_vjp`): the reverse step loop does only the `[B, H] @ [H, P]` matmuls
-and elementwise work; the weight gradients `dw_h = H_prev^T dZ`, `dw_x = X^T dZ`, `db` are
-computed once per chunk as `[K*B]`-long matmuls (autodiff of a plain scan instead does an
-outer product per step and carries `dw_h` through the loop).
+Backward (`jax.custom_vjp`): the reverse step loop does only the `[B, G*H] @ [G*H, P]` matmul
+and elementwise work (the update's VJP, recomputed from the stored inputs); the weight
+gradients `dw_h = H_prev^T dZ`, `dw_x = X^T dZ`, `db` are computed once per chunk as
+`[K*B]`-long matmuls (autodiff of a plain scan instead does outer products in every step and
+carries `dw_h` through the loop).
 
 Rematerialization (`remat=True`): the forward pass keeps only the carry at each chunk start;
 the backward pass recomputes each chunk's steps before reversing them. Memory falls from
@@ -97,19 +99,18 @@ def _matmul(a: jax.Array, w: jax.Array, dtype) -> jax.Array:
     return jnp.matmul(a.astype(dtype), w.astype(dtype), preferred_element_type=a.dtype)
 
 
-def _blocks(params: Any, num_gates: int) -> tuple:
-    """Per-gate (w_x, b, w_h) blocks: tuples of G arrays `[I, H]`, `[H]`, `[P, H]`."""
-    return (tuple(jnp.split(params.w_x, num_gates, axis=1)),
-            tuple(jnp.split(params.b, num_gates)),
-            tuple(jnp.split(params.w_h, num_gates, axis=1)))
-
-
-def _project(s: _Static, params: Any, w_x, b, x: jax.Array) -> tuple:
-    """The gate blocks of `x @ w_x + b` (through the cell's own `project`)."""
+def _project(s: _Static, params: Any, x: jax.Array) -> jax.Array:
+    """`x @ w_x + b` (the cell's own `project`, or its matmul in `matmul_dtype`)."""
     if s.matmul_dtype is None:
-        return tuple(s.cell.project(params._replace(w_x=w, b=c), x) for w, c in zip(w_x, b))
-    lift = lambda c: jnp.reshape(c, (1,) * (x.ndim - 1) + c.shape)  # noqa: E731
-    return tuple(_matmul(x, w, s.matmul_dtype) + lift(c) for w, c in zip(w_x, b))
+        return s.cell.project(params, x)
+    b = jnp.reshape(params.b, (1,) * (x.ndim - 1) + params.b.shape)
+    return _matmul(x, params.w_x, s.matmul_dtype) + b
+
+
+def _recurrent(s: _Static, w_h: jax.Array, h: jax.Array) -> tuple:
+    """The gate blocks of `h @ w_h`: one matmul (big enough for XLA:CPU to use several cores
+    at large B, which per-gate matmuls are not), split by columns."""
+    return tuple(jnp.split(_matmul(h, w_h, s.matmul_dtype), _num_gates(s.cell), axis=-1))
 
 
 def _rest(params: Any) -> Any:
@@ -126,19 +127,20 @@ def _masked_update(s: _Static, rest, carry, xp, hz, m):
     return new, jnp.where(m, y, jnp.zeros_like(y))
 
 
-def _chunk(s: _Static, params, blocks, carry, x, m, keep: bool):
+def _chunk(s: _Static, params, carry, x, m, keep: bool):
     """K steps from `carry`: x [K, B, I], m [K, B] or None. Returns (carry, ys, residuals).
 
     The residuals are what the backward step needs: per step the carry before it and the
     update's inputs (the blocks of xp + hz, or of xp and of hz).
     """
-    w_x, b, w_h = blocks
-    xp = _project(s, params, w_x, b, x)
+    # One matmul for the chunk, then contiguous per-gate blocks (copies, outside the step
+    # loop), so that no fusion in the loop reads column slices of a dynamically sliced array.
+    xp = tuple(jnp.split(_project(s, params, x), _num_gates(s.cell), axis=-1))
     rest = _rest(params)
 
     def body(carry, inp):
         xp_t, m_t = inp
-        hz = tuple(_matmul(carry.h, w, s.matmul_dtype) for w in w_h)
+        hz = _recurrent(s, params.w_h, carry.h)
         new, y = _masked_update(s, rest, carry, xp_t, hz, m_t)
         if not keep:
             return new, y
@@ -160,11 +162,9 @@ def _unchunked(a):
 
 def _forward(s: _Static, params, carry, xs, mask, keep: str):
     """keep: 'none', 'steps' (every step's residuals) or 'starts' (the carry at chunk starts)."""
-    blocks = _blocks(params, _num_gates(s.cell))
-
     def outer(carry, inp):
         x, m = inp
-        new, ys, res = _chunk(s, params, blocks, carry, x, m, keep == "steps")
+        new, ys, res = _chunk(s, params, carry, x, m, keep == "steps")
         return new, (ys, res if keep == "steps" else carry if keep == "starts" else None)
 
     carry, (ys, saved) = jax.lax.scan(outer, carry, (_chunked(xs, s.chunk_size),
@@ -207,16 +207,14 @@ def _run_bwd(s: _Static, res, cts):
     params, xs, mask, saved, want_dxs = res
     d_carry, d_ys = _instantiate(cts)
     k = s.chunk_size
-    blocks = _blocks(params, _num_gates(s.cell))
-    w_x, b, w_h = blocks
-    w_h_t = tuple(w.T for w in w_h)
     rest = _rest(params)
+    proj = params._replace(**{f: None for f in params._fields if f not in ("w_x", "b")})
     sums = _reads_sum(s.cell)
 
     def outer(acc, inp):
-        d_carry, d_w_x, d_b, d_w_h, d_rest = acc
+        d_carry, d_w_h, d_proj, d_rest = acc
         x, m, dy, saved_chunk = inp
-        res = _chunk(s, params, blocks, saved_chunk, x, m, True)[2] if s.remat else saved_chunk
+        res = _chunk(s, params, saved_chunk, x, m, True)[2] if s.remat else saved_chunk
 
         def inner(acc, inp):
             d_carry, d_rest = acc
@@ -232,33 +230,31 @@ def _run_bwd(s: _Static, res, cts):
                 _, vjp = jax.vjp(lambda r, c, a, z: _masked_update(s, r, c, a, z, m_t),
                                  rest, *res_t)
                 dr, dc, dxp, dhz = vjp((d_carry, dy_t))
-            dh = dc.h
-            for d, w in zip(dhz, w_h_t):
-                dh = dh + _matmul(d, w, s.matmul_dtype)
-            return (dc._replace(h=dh), _tree_add(d_rest, dr)), (dxp if sums else (dxp, dhz))
+            dhz = jnp.concatenate(dhz, axis=-1)
+            dxp = dhz if sums else jnp.concatenate(dxp, axis=-1)
+            dc = dc._replace(h=dc.h + _matmul(dhz, params.w_h.T, s.matmul_dtype))
+            return (dc, _tree_add(d_rest, dr)), (dxp, None if sums else dhz)
 
-        (d_carry, d_rest), d_pre = jax.lax.scan(
+        (d_carry, d_rest), (dxps, dhzs) = jax.lax.scan(
             inner, (d_carry, d_rest), (res, m, dy), reverse=not s.reverse, unroll=s.unroll)
-        dxps, dhzs = (d_pre, d_pre) if sums else d_pre
-        h_prev_t = _unchunked(res[0].h).T
-        d_w_h = tuple(acc + _matmul(h_prev_t, _unchunked(d), s.matmul_dtype)
-                      for acc, d in zip(d_w_h, dhzs))
+        dhzs = dxps if sums else dhzs
+        # The weight gradients of the whole chunk: [K*B]-long matmuls.
+        d_w_h = d_w_h + _matmul(_unchunked(res[0].h).T, _unchunked(dhzs), s.matmul_dtype)
         if want_dxs is None:
-            _, pvjp = jax.vjp(lambda w, c: _project(s, params, w, c, x), w_x, b)
-            (dwx, db), dx = pvjp(dxps), None
+            _, pvjp = jax.vjp(lambda p: _project(s, p, x), proj)
+            (dp,), dx = pvjp(dxps), None
         else:
-            _, pvjp = jax.vjp(lambda w, c, x: _project(s, params, w, c, x), w_x, b, x)
-            dwx, db, dx = pvjp(dxps)
-        return (d_carry, _tree_add(d_w_x, dwx), _tree_add(d_b, db), d_w_h, d_rest), dx
+            _, pvjp = jax.vjp(lambda p, x: _project(s, p, x), proj, x)
+            dp, dx = pvjp(dxps)
+        return (d_carry, d_w_h, _tree_add(d_proj, dp), d_rest), dx
 
     zeros = lambda t: jax.tree_util.tree_map(jnp.zeros_like, t)  # noqa: E731
-    init = (d_carry, zeros(w_x), zeros(b), zeros(w_h), zeros(rest))
-    (d_carry, d_w_x, d_b, d_w_h, d_rest), dxs = jax.lax.scan(
+    init = (d_carry, jnp.zeros_like(params.w_h), zeros(proj), zeros(rest))
+    (d_carry, d_w_h, d_proj, d_rest), dxs = jax.lax.scan(
         outer, init, (_chunked(xs, k), _chunked(mask, k), _chunked(d_ys, k), saved),
         reverse=not s.reverse)
     d_params = params._replace(
-        w_x=jnp.concatenate(d_w_x, axis=1), b=jnp.concatenate(d_b),
-        w_h=jnp.concatenate(d_w_h, axis=1),
+        w_x=d_proj.w_x, b=d_proj.b, w_h=d_w_h,
         **{f: getattr(d_rest, f) for f in params._fields if f not in ("w_x", "w_h", "b")})
     return d_params, d_carry, None if dxs is None else _unchunked(dxs), None
 
