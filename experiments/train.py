@@ -21,8 +21,9 @@ drawn on the device; eval batches come from the eval key and are the same at eve
 
 Outputs in the workdir: metrics.jsonl (one JSON row per logged step and split), tb/ (TensorBoard
 events with the same curves), checkpoints/ (orbax), config.json, and result.json when the run has
-finished. Rerunning the same command in the same workdir resumes from the latest checkpoint and
-ends bitwise equal to an uninterrupted run (CPU; tested).
+finished; experiments/outputs.py writes all but the checkpoints. Rerunning the same command in the
+same workdir resumes from the latest checkpoint and ends bitwise equal to an uninterrupted run
+(CPU; tested).
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import tensorboardX
 from absl import logging
 
 from experiments import checkpoint
 from experiments import model as model_lib
+from experiments import outputs
 from experiments import parallel
 from experiments import tasks
 from experiments import validate
@@ -55,7 +56,7 @@ OPTIMIZERS = {
     "adam": lambda lr, t: optax.adam(lr, eps=t.eps),
 }
 SCHEDULES = ("constant", "cosine")
-EVAL = "eval"  # the split of the evaluation at the training length
+EVAL = outputs.EVAL  # the split of the evaluation at the training length
 
 
 class TrainState(NamedTuple):
@@ -327,104 +328,7 @@ def restore_checkpoint(manager: ocp.CheckpointManager,
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics files.
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_rows(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _to_json(value: Any) -> Any:
-    value = np.asarray(value)
-    return value.tolist() if value.dtype != np.bool_ else [bool(v) for v in value.ravel()]
-
-
-class MetricsLog:
-    """metrics.jsonl + TensorBoard; on resume keeps only the rows up to the restored step.
-
-    With write_files=False (processes other than 0) it keeps the rows in memory only.
-    """
-
-    def __init__(self, workdir: str, start_step: int, seeds: list[int], write_files: bool = True):
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.rows = [r for r in _read_rows(self.path) if r["step"] <= start_step]
-        self.file = self.tb = None
-        if not write_files:
-            return
-        _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
-        self.file = open(self.path, "a")
-        self.seeds = seeds
-        # purge_step drops TensorBoard events past the restored step, as for the jsonl rows.
-        self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"),
-                                             purge_step=start_step + 1 if start_step else None)
-
-    def write(self, step: int, split: str, metrics: dict[str, np.ndarray], **extra: Any) -> dict:
-        """Writes one row: means over seeds at the top level, every seed under "per_seed"."""
-        row = {"step": step, "split": split}
-        for name, values in metrics.items():
-            if name != "solved":
-                row[name] = float(np.mean(values))
-        row.update({k: None if isinstance(v, float) and not math.isfinite(v) else v
-                    for k, v in extra.items()})
-        row["per_seed"] = {name: _to_json(values) for name, values in metrics.items()}
-        self.rows.append(row)
-        if self.file is None:
-            return row
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        for name, values in metrics.items():
-            self.tb.add_scalar(f"{split}/{name}", float(np.mean(values)), step)
-            if len(self.seeds) > 1:
-                for seed, v in zip(self.seeds, np.asarray(values, np.float64)):
-                    self.tb.add_scalar(f"{split}/{name}/seed_{seed}", float(v), step)
-        return row
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.tb.close()
-
-
-def _result(config: ml_collections.ConfigDict, setup: Setup, rows: list[dict],
-            seeds: list[int]) -> dict:
-    """result.json's content from the logged eval rows (the last one is the final eval)."""
-    evals = [r for r in rows if r["split"] == EVAL]
-    final = evals[-1]["per_seed"]
-    per_seed = []
-    for i, seed in enumerate(seeds):
-        solved_at = [r["step"] for r in evals if r["per_seed"]["solved"][i]]
-        per_seed.append({"seed": seed, "loss": final["loss"][i],
-                         "normalized_loss": final["normalized_loss"][i],
-                         "accuracy": final["accuracy"][i], "solved": final["solved"][i],
-                         "steps_to_solve": solved_at[0] if solved_at else None})
-    m = config.model
-    result = {
-        "task": setup.task.name, "seq_len": config.seq_len, "cell": m.cell,
-        "gru_variant": m.gru_variant, "init": m.init, "hidden_size": m.hidden_size,
-        "num_layers": m.num_layers, "baseline": setup.task.baseline,
-        "solved_criterion": setup.task.criterion, "steps": config.train.steps,
-        "num_seeds": config.num_seeds, "seeds": per_seed,
-        "solved_fraction": float(np.mean([s["solved"] for s in per_seed])),
-        "wall_time_s": rows[-1]["wall_time_s"], "steps_per_sec": evals[-1]["steps_per_sec"],
-        "extra_evals": {r["split"]: {k: r["per_seed"][k] for k in
-                                     ("loss", "normalized_loss", "accuracy", "solved")}
-                        for r in rows if r["split"].startswith("eval_T")
-                        and r["step"] == evals[-1]["step"]},
-        "config": config.to_dict(),
-    }
-    return result
-
+# Progress: host syncs, timing and the logged evals.
 
 def _format_eta(seconds: float) -> str:
     if not math.isfinite(seconds):
@@ -489,7 +393,7 @@ class _Clock:
         return True
 
 
-def _log_eval(log: MetricsLog, setup: Setup, state: TrainState, step: int,
+def _log_eval(log: outputs.MetricsLog, setup: Setup, state: TrainState, step: int,
               config: ml_collections.ConfigDict, clock: _Clock) -> None:
     for split, metrics in evaluate(setup, state).items():
         seq_len = int(split[len("eval_T"):]) if split.startswith("eval_T") else config.seq_len
@@ -524,7 +428,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         checkpoint.remove_uncommitted(os.path.join(workdir, "checkpoints"))
     parallel.barrier("workdir checked")
     if main:
-        _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+        outputs.atomic_write(os.path.join(workdir, "config.json"),
+                             config.to_json_best_effort(indent=2))
     manager = checkpoint_manager(workdir, config)
     state = parallel.to_global(setup.layout,
                                create_train_state(setup, config.seed, config.num_seeds))
@@ -534,7 +439,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if restored is not None:
         state, start = restored, int(parallel.fetch(restored.step)[0])
         logging.info("Resuming %s from step %d.", workdir, start)
-    log = MetricsLog(workdir, start, seeds, write_files=main)
+    log = outputs.MetricsLog(workdir, start, seeds, write_files=main)
     clock = _Clock(start, log.rows[-1]["wall_time_s"] if log.rows else 0.0)
     # Step metrics not yet logged when a signal stopped the run between log steps.
     pending = checkpoint.load_pending(workdir, start) if start else []
@@ -576,10 +481,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if not any(r["split"] == EVAL and r["step"] == t.steps for r in log.rows):
             # Resumed from the final checkpoint of a run stopped before its last eval was logged.
             _log_eval(log, setup, state, t.steps, config, clock)
-        result = _result(config, setup, log.rows, seeds)
+        result = outputs.result(config, setup.task, log.rows, seeds)
         if main:
-            _atomic_write(os.path.join(workdir, "result.json"),
-                          json.dumps(result, indent=2) + "\n")
+            outputs.atomic_write(os.path.join(workdir, "result.json"),
+                                 json.dumps(result, indent=2) + "\n")
         logging.info("Finished %s: solved %.2f of %d seed(s), eval loss/baseline %s.", workdir,
                      result["solved_fraction"], len(seeds),
                      [round(s["normalized_loss"], 4) for s in result["seeds"]])

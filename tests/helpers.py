@@ -1,7 +1,13 @@
-"""Small test helpers: tree comparison."""
+"""Small test helpers: tree comparison, the smoke training config."""
 
 import jax
+import ml_collections
 import numpy as np
+
+from experiments.configs import adding as adding_config
+from experiments.configs import copy as copy_config
+
+SMOKE_CONFIGS = {"copy": copy_config, "adding": adding_config}
 
 
 def assert_trees_close(actual, expected, *, rtol=1e-6, atol=0.0, err_msg=""):
@@ -12,3 +18,19 @@ def assert_trees_close(actual, expected, *, rtol=1e-6, atol=0.0, err_msg=""):
     for i, (a, e) in enumerate(zip(a_leaves, e_leaves)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol,
                                    err_msg=f"{err_msg} leaf {i}")
+
+
+def smoke_config(task: str = "copy", **overrides) -> ml_collections.ConfigDict:
+    """The task's `smoke` config (experiments/configs/<task>.py) with `overrides` set in order.
+
+    Args:
+      task: "copy" or "adding".
+      **overrides: field -> value, a dotted name for a nested field, e.g. `seed=1` or
+        `**{"train.learning_rate": 0.01}`. ConfigDict itself refuses a value of another type
+        (an int for a bool, a float for an int).
+    """
+    config = SMOKE_CONFIGS[task].get_config("smoke")
+    for name, value in overrides.items():
+        section, _, field = name.rpartition(".")
+        (config[section] if section else config)[field] = value
+    return config

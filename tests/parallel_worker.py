@@ -19,15 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import parallel, train  # noqa: E402
-from experiments.configs import copy as copy_config  # noqa: E402
-
-
-def smoke(**overrides):
-    config = copy_config.get_config("smoke")
-    for name, value in overrides.items():
-        section, _, field = name.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
+from tests import helpers  # noqa: E402
 
 
 def run_steps(setup, state, n, step=None):
@@ -49,7 +41,7 @@ def flat(tree):
 def local(out):
     assert jax.device_count() == 4, jax.devices()
     res = {}
-    config = smoke()
+    config = helpers.smoke_config()
     single = train.make_setup(config)
     dp = single._replace(layout=parallel.make_layout(config))
     state = train.create_train_state(single, seed=0)
@@ -71,7 +63,7 @@ def local(out):
     _, res["curve_single"] = run_steps(single, state, 12)
     _, res["curve_dp"] = run_steps(dp, dp_state, 12, dp_step)
 
-    config = smoke(num_seeds=4, **{"parallel.shard": "seeds"})
+    config = helpers.smoke_config(num_seeds=4, **{"parallel.shard": "seeds"})
     single = train.make_setup(config)
     sharded = single._replace(layout=parallel.make_layout(config))
     state = train.create_train_state(single, seed=3, num_seeds=4)
@@ -89,7 +81,7 @@ def local(out):
     for overrides in ({"train.batch_size": 6}, {"num_seeds": 3, "parallel.shard": "seeds"},
                       {"parallel.num_devices": 5}, {"parallel.shard": "model"}):
         try:
-            parallel.make_layout(smoke(**overrides))
+            parallel.make_layout(helpers.smoke_config(**overrides))
             errors.append("no error")
         except ValueError as e:
             errors.append(str(e))
@@ -102,11 +94,11 @@ class _Interrupt(Exception):
 
 
 def process(out, port, process_id, workdir):
-    config = smoke(**{"distributed.coordinator_address": f"127.0.0.1:{port}",
-                      "distributed.coordinator_bind_address": f"127.0.0.1:{port}",
-                      "distributed.num_processes": 2, "distributed.process_id": process_id,
-                      "distributed.initialization_timeout_s": 60,
-                      "distributed.heartbeat_timeout_s": 6})
+    config = helpers.smoke_config(**{
+        "distributed.coordinator_address": f"127.0.0.1:{port}",
+        "distributed.coordinator_bind_address": f"127.0.0.1:{port}",
+        "distributed.num_processes": 2, "distributed.process_id": process_id,
+        "distributed.initialization_timeout_s": 60, "distributed.heartbeat_timeout_s": 6})
     train.make_setup(config)  # starts jax.distributed
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
     original, calls = train.train_step, []

@@ -16,21 +16,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import checkpoint, train
-from experiments.configs import copy as copy_config
-
-
-def _smoke(**overrides):
-    config = copy_config.get_config("smoke")
-    for name, value in overrides.items():
-        section, _, field = name.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
+from tests import helpers
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("reference"))
-    config = _smoke()
+    config = helpers.smoke_config()
     return config, workdir, train.train_and_evaluate(config, workdir)
 
 
@@ -132,16 +124,16 @@ def test_other_config_is_refused_listing_keys(reference, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(reference[1], workdir)
     before = sorted(_files(workdir))
-    other = _smoke(seed=1, **{"train.learning_rate": 0.01})
+    other = helpers.smoke_config(seed=1, **{"train.learning_rate": 0.01})
     with pytest.raises(ValueError, match=r"different config; differing keys: seed: 0 -> 1; "
                                          r"train\.learning_rate: 0\.001 -> 0\.01\. "):
         train.train_and_evaluate(other, workdir)
     assert sorted(_files(workdir)) == before  # nothing written or moved
 
     # Fields that do not change the numbers may differ.
-    checkpoint.check_config(workdir, _smoke(**{"train.progress_every_secs": 99.0}))
+    checkpoint.check_config(workdir, helpers.smoke_config(**{"train.progress_every_secs": 99.0}))
 
-    other = _smoke(seed=1)
+    other = helpers.smoke_config(seed=1)
     other.train.fresh_start = True
     train.train_and_evaluate(other, workdir)
     assert sorted(os.listdir(os.path.join(workdir, "previous_0", "checkpoints"))) == [
@@ -156,7 +148,7 @@ def test_unwritable_workdir_is_refused_before_training(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(checkpoint.WorkdirError, match=r"--workdir=.*file/run.*cannot write"):
-        train.train_and_evaluate(_smoke(), str(blocker / "run"))
+        train.train_and_evaluate(helpers.smoke_config(), str(blocker / "run"))
 
 
 def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
@@ -164,7 +156,7 @@ def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage._replace(free=10_000))
     with pytest.raises(checkpoint.WorkdirError, match=r"0\.0 MiB free, the run needs about "):
-        train.train_and_evaluate(_smoke(), str(tmp_path / "run"))
+        train.train_and_evaluate(helpers.smoke_config(), str(tmp_path / "run"))
 
 
 def test_failed_save_keeps_earlier_checkpoints(reference, tmp_path, monkeypatch):

@@ -23,19 +23,11 @@ import numpy as np
 import pytest
 
 from experiments import parallel, train
-from experiments.configs import copy as copy_config
+from tests import helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "parallel_worker.py")
 TIMEOUT_S = 240
-
-
-def _smoke(**overrides):
-    config = copy_config.get_config("smoke")
-    for name, value in overrides.items():
-        section, _, field = name.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
 
 
 def _env(devices):
@@ -127,7 +119,7 @@ def test_all_reduce_counter_sees_one_inside_a_loop():
 # --- one process, one device: the same code path ----------------------------------------------
 
 def test_one_device_mesh_step_equals_plain_step():
-    config = _smoke()
+    config = helpers.smoke_config()
     setup = train.make_setup(config)
     meshed = setup._replace(layout=parallel.make_layout(config))
     assert meshed.layout.num_devices == jax.device_count() == 1
@@ -148,7 +140,7 @@ def test_one_device_mesh_step_equals_plain_step():
 ])
 def test_bad_distributed_fields_fail_before_starting(overrides, message):
     with pytest.raises(ValueError, match=message):
-        parallel.initialize(_smoke(**overrides))
+        parallel.initialize(helpers.smoke_config(**overrides))
     assert not jax.distributed.is_initialized()
 
 
@@ -178,7 +170,7 @@ def _two_processes(tmp_path, name):
 @pytest.fixture(scope="module")
 def single_process_params():
     """The copy smoke run's final params (40 steps) on this process's one device, no mesh."""
-    setup = train.make_setup(_smoke())
+    setup = train.make_setup(helpers.smoke_config())
     state = train.create_train_state(setup, seed=0)
     for _ in range(40):
         state, _ = train.train_step(setup, state, train.sample_batch(setup, state))

@@ -18,31 +18,23 @@ import numpy as np
 import pytest
 
 from experiments import checkpoint, train
-from experiments.configs import copy as copy_config
 from gated_rnn import layers
 from scripts import fault_injection
+from tests import helpers
 from tests import numpy_ref as ref
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40
-
-
-def _config(**overrides):
-    """The config of scripts/fault_injection.py's command (log 5, checkpoint 10, eval 20)."""
-    config = copy_config.get_config("smoke")
-    config.train.steps = STEPS
-    config.train.log_every, config.train.checkpoint_every = 5, 10
-    config.train.eval_every, config.train.max_checkpoints = 20, 2
-    for name, value in overrides.items():
-        section, _, field = name.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
+# The copy smoke config as scripts/fault_injection.py's command runs it (log 5, checkpoint 10,
+# eval 20): overrides of helpers.smoke_config.
+FAULT_INJECTION = {"train.steps": STEPS, "train.log_every": 5, "train.checkpoint_every": 10,
+                   "train.eval_every": 20, "train.max_checkpoints": 2}
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("reference"))
-    return workdir, train.train_and_evaluate(_config(), workdir)
+    return workdir, train.train_and_evaluate(helpers.smoke_config(**FAULT_INJECTION), workdir)
 
 
 def _rows(workdir):
@@ -66,7 +58,7 @@ def test_fault_injection_three_kills(reference, tmp_path):
 
 
 def test_same_config_same_bits(reference, tmp_path):
-    state = train.train_and_evaluate(_config(), str(tmp_path))
+    state = train.train_and_evaluate(helpers.smoke_config(**FAULT_INJECTION), str(tmp_path))
     _assert_states_equal(state, reference[1])
     assert _rows(str(tmp_path)) == _rows(reference[0])
 
@@ -86,12 +78,12 @@ def test_signal_saves_current_step_and_resume_is_bitwise(reference, tmp_path, mo
     monkeypatch.setattr(train, "train_step", signalling_step)
     with pytest.raises(checkpoint.Stopped, match=rf"stopped by {signum.name} at step {at_step}: "
                                                  r"checkpoint saved") as info:
-        train.train_and_evaluate(_config(), workdir)
+        train.train_and_evaluate(helpers.smoke_config(**FAULT_INJECTION), workdir)
     assert info.value.code == 128 + signum
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     assert str(at_step) in os.listdir(os.path.join(workdir, "checkpoints"))
     monkeypatch.setattr(train, "train_step", original)
-    state = train.train_and_evaluate(_config(), workdir)
+    state = train.train_and_evaluate(helpers.smoke_config(**FAULT_INJECTION), workdir)
     _assert_states_equal(state, reference[1])
     assert _rows(workdir) == _rows(reference[0])
 
@@ -124,14 +116,14 @@ def test_nan_stops_naming_step_and_last_checkpoint(tmp_path, monkeypatch):
     step = train.train_step
     monkeypatch.setattr(train, "train_step", first_twenty)
     with pytest.raises(Interrupt):
-        train.train_and_evaluate(_config(), workdir)
+        train.train_and_evaluate(helpers.smoke_config(**FAULT_INJECTION), workdir)
     monkeypatch.setattr(train, "train_step", step)
     monkeypatch.setattr(train, "loss_fn", _nan_when(lambda batch: True))
     train.train_step.clear_cache()
     try:
         with pytest.raises(FloatingPointError, match=r"by step 25 for seed\(s\) \[0\]; last "
                                                      r"checkpoint: step 20 \(nothing non-finite"):
-            train.train_and_evaluate(_config(), workdir)
+            train.train_and_evaluate(helpers.smoke_config(**FAULT_INJECTION), workdir)
     finally:
         train.train_step.clear_cache()
     monkeypatch.setattr(train, "loss_fn", original)
@@ -140,7 +132,7 @@ def test_nan_stops_naming_step_and_last_checkpoint(tmp_path, monkeypatch):
 
 def test_skip_nonfinite_counts_skipped_updates(tmp_path, monkeypatch):
     """NaN loss on the batches whose first symbol is 1: those updates are skipped and counted."""
-    config = _config(seed=3)
+    config = helpers.smoke_config(**FAULT_INJECTION, seed=3)
     config.train.skip_nonfinite = True
     first_is_one = lambda batch: batch.inputs[0, 0, 1] == 1  # noqa: E731
     setup = train.make_setup(config)

@@ -23,19 +23,11 @@ import pytest
 from experiments import train
 from experiments.configs import adding as adding_config
 from experiments.configs import copy as copy_config
+from tests import helpers
 
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "golden")
 REGEN = os.environ.get("GATED_RNN_REGEN_GOLDEN") == "1"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {"copy": copy_config, "adding": adding_config}
-
-
-def _smoke(task="copy", **overrides):
-    config = CONFIGS[task].get_config("smoke")
-    for name, value in overrides.items():
-        section, _, field = name.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
 
 
 def _steps(setup, state, n):
@@ -54,7 +46,7 @@ def _first_seed(tree):
 
 @pytest.mark.parametrize("task", ["copy", "adding"])
 def test_first_steps_match_golden(task):
-    setup = train.make_setup(_smoke(task))
+    setup = train.make_setup(helpers.smoke_config(task))
     state = train.create_train_state(setup, seed=0)
     _, metrics = _steps(setup, state, 3)
     got = {"loss": [float(m["loss"][0]) for m in metrics],
@@ -90,7 +82,7 @@ def _np_lstm_adding_loss(params, inputs, targets):
 def test_first_step_against_numpy():
     """Step 1's loss equals a NumPy forward on the batch of fold_in(data_key, 0); the update is
     clip_by_global_norm(1) then RMSProp(lr 1e-3, decay 0.9, eps 1e-8, nu_0 = 0)."""
-    config = _smoke("adding")
+    config = helpers.smoke_config("adding")
     setup = train.make_setup(config)
     state = train.create_train_state(setup, seed=0)
     new_state, metrics = train.train_step(setup, state, train.sample_batch(setup, state))
@@ -122,7 +114,7 @@ def test_first_step_against_numpy():
 def smoke_run(tmp_path_factory):
     """One uninterrupted copy smoke run (40 steps, checkpoints at 20 and 40)."""
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    config = _smoke("copy")
+    config = helpers.smoke_config("copy")
     state = train.train_and_evaluate(config, workdir)
     return config, workdir, state
 
@@ -208,7 +200,7 @@ def test_vmapped_seeds_equal_separate_runs():
     Not bitwise: XLA lowers the vmapped (batched) matmuls differently, which moves the last bit
     (measured on CPU: max |param diff| 6e-8 after 5 and after 40 steps, losses within 2.4e-7).
     """
-    setup = train.make_setup(_smoke("copy"))
+    setup = train.make_setup(helpers.smoke_config("copy"))
     together = train.create_train_state(setup, seed=5, num_seeds=2)
     together, m_together = _steps(setup, together, 5)
     for i in range(2):
@@ -229,7 +221,7 @@ def _seed_data_key(seed):
 
 def test_train_step_compiles_once():
     """The state train_step returns has the types of the one it takes: no retrace on call 2."""
-    setup = train.make_setup(_smoke("copy"))
+    setup = train.make_setup(helpers.smoke_config("copy"))
     state = train.create_train_state(setup, seed=0, num_seeds=2)
     before = train.train_step._cache_size()
     state, _ = train.train_step(setup, state, train.sample_batch(setup, state))
@@ -253,7 +245,7 @@ def test_nan_stops_with_step_and_saves_nothing(tmp_path, monkeypatch):
     train.train_step.clear_cache()  # retrace with the patched loss, and drop it afterwards
     try:
         with pytest.raises(FloatingPointError, match=r"by step 10 for seed\(s\) \[0\]"):
-            train.train_and_evaluate(_smoke("copy"), str(tmp_path))
+            train.train_and_evaluate(helpers.smoke_config("copy"), str(tmp_path))
     finally:
         train.train_step.clear_cache()
     assert os.listdir(tmp_path / "checkpoints") == []
@@ -271,7 +263,7 @@ def test_bad_config_is_refused_before_anything_is_written(tmp_path):
     for overrides, message in cases:
         workdir = tmp_path / "run"
         with pytest.raises(ValueError, match=message):
-            train.train_and_evaluate(_smoke("copy", **overrides), str(workdir))
+            train.train_and_evaluate(helpers.smoke_config("copy", **overrides), str(workdir))
         assert not workdir.exists()
 
 
@@ -293,7 +285,7 @@ def test_config_args():
 
 
 def test_chrono_max_len_follows_seq_len():
-    config = _smoke("copy", **{"model.init": "chrono", "seq_len": 30})
+    config = helpers.smoke_config("copy", **{"model.init": "chrono", "seq_len": 30})
     assert train.make_setup(config).model.spec.chrono_max_len == 50  # T + 20 input steps
     config.model.chrono_max_len = 7
     assert train.make_setup(config).model.spec.chrono_max_len == 7

@@ -13,17 +13,9 @@ from unittest import mock
 from experiments import parallel, validate
 from experiments.configs import adding as adding_config
 from experiments.configs import copy as copy_config
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config(task="copy", **overrides):
-    # ConfigDict itself refuses a value of another type (an int for a bool, a float for an int).
-    config = {"copy": copy_config, "adding": adding_config}[task].get_config("smoke")
-    for name, value in overrides.items():
-        section, _, field = name.rpartition(".")
-        (config[section] if section else config)[field] = value
-    return config
 
 
 BAD = [
@@ -78,13 +70,13 @@ BAD = [
                          ids=[",".join(f"{k}={v}" for k, v in o.items()) for _, o, _ in BAD])
 def test_bad_value_is_named_in_one_line(task, overrides, message):
     with pytest.raises(ValueError, match=message) as info:
-        validate.validate(_config(task, **overrides))
+        validate.validate(helpers.smoke_config(task, **overrides))
     assert "\n" not in str(info.value)
 
 
 def test_batch_not_divisible_by_devices():
     """Checked against the mesh actually used (parallel.make_layout), before compiling."""
-    config = _config()
+    config = helpers.smoke_config()
     with config.unlocked():
         config.train.batch_size = 7
         config.parallel.num_devices = 1
