@@ -59,8 +59,14 @@ def supports(cell: Any) -> bool:
     return update_fn(cell) is not None
 
 
-def _num_gates(cell: Any) -> int:
-    return gru.NUM_GATES if isinstance(cell, gru.Cell) else cell.NUM_GATES
+def _blocks(cell: Any, a: jax.Array) -> tuple:
+    """a `[..., G*H]` split by columns into the blocks the cell's `update` takes (its `BLOCKS`,
+    in units of H)."""
+    sizes = gru.BLOCKS if isinstance(cell, gru.Cell) else cell.BLOCKS
+    if len(sizes) == 1:
+        return (a,)
+    unit = a.shape[-1] // sum(sizes)
+    return tuple(jnp.split(a, unit * np.cumsum(sizes)[:-1], axis=-1))
 
 
 def _reads_sum(cell: Any) -> bool:
@@ -110,7 +116,7 @@ def _project(s: _Static, params: Any, x: jax.Array) -> jax.Array:
 def _recurrent(s: _Static, w_h: jax.Array, h: jax.Array) -> tuple:
     """The gate blocks of `h @ w_h`: one matmul (big enough for XLA:CPU to use several cores
     at large B, which per-gate matmuls are not), split by columns."""
-    return tuple(jnp.split(_matmul(h, w_h, s.matmul_dtype), _num_gates(s.cell), axis=-1))
+    return _blocks(s.cell, _matmul(h, w_h, s.matmul_dtype))
 
 
 def _rest(params: Any) -> Any:
@@ -135,7 +141,7 @@ def _chunk(s: _Static, params, carry, x, m, keep: bool):
     """
     # One matmul for the chunk, then contiguous per-gate blocks (copies, outside the step
     # loop), so that no fusion in the loop reads column slices of a dynamically sliced array.
-    xp = tuple(jnp.split(_project(s, params, x), _num_gates(s.cell), axis=-1))
+    xp = _blocks(s.cell, _project(s, params, x))
     rest = _rest(params)
 
     def body(carry, inp):

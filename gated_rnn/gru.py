@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from gated_rnn import checks, initializers
 
 NUM_GATES = 3
+BLOCKS = (1, 1, 1)  # `update` takes xp and hz as (r, z, n) blocks of H columns
 
 
 class Variant(enum.Enum):

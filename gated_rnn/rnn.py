@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from gated_rnn import checks, initializers
 
 NUM_GATES = 1
+BLOCKS = (1,)  # `update` takes xp and hz whole
 
 
 class Params(NamedTuple):
