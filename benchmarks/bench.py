@@ -35,13 +35,16 @@ flags.DEFINE_list("configs", ["32,128,100", "32,128,1000", "256,128,1000", "256,
                   "`--configs=32,128,100,256,512,100`.")
 flags.DEFINE_list("cells", ["lstm", "gru"], "Cells: lstm, gru.")
 flags.DEFINE_list("peers", ["flax", "torch"], "Peers to run next to gated_rnn: flax, torch.")
-flags.DEFINE_list("variants", ["auto"], "gated_rnn variants (the first is the reference): "
-                  "auto (the defaults), scan, fused, remat, bf16.")
+flags.DEFINE_list("variants", ["auto", "dp"], "gated_rnn variants (the first is the reference): "
+                  "auto (the defaults), scan, fused, remat, bf16, dp (auto, the batch split "
+                  "over the CPU devices as the trainer does; adds flax[dp]).")
 flags.DEFINE_integer("repeats", 5, "Timed repeats per implementation (median reported).")
 flags.DEFINE_string("memory_config", "32,512,1000", "B,H,T for the peak-memory rows; '' skips.")
 flags.DEFINE_list("memory_variants", ["auto", "remat"], "gated_rnn variants of the memory rows.")
 flags.DEFINE_integer("long_steps", 10_000, "T of the remat training-step row (B=32, H=128); 0 skips.")
 flags.DEFINE_integer("seeds", 16, "Models in the vmapped-seeds row (B=32, H=128, T=100); 0 skips.")
+flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices to create (jax_num_cpu_devices) for the "
+                     "dp variant: 0 for one per core, as the trainer does.")
 flags.DEFINE_bool("quick", False, "Tiny sizes and 2 repeats: a smoke run of every row.")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
 
@@ -51,6 +54,7 @@ VARIANTS = {  # name -> scan.run keyword options
     "fused": {"impl": "fused"},
     "remat": {"remat": True},
     "bf16": {"impl": "fused", "matmul_dtype": "bfloat16"},
+    "dp": {"data_parallel": True},  # the batch split over the CPU devices, as the trainer does
 }
 NUM_GATES = {"lstm": 4, "gru": 3}
 
@@ -86,11 +90,35 @@ def _timed_warm(fn: Callable[[], Any]) -> float:
 # ----------------------------------------------------------------------------- JAX peers
 
 
+def _data_parallel(apply: Callable, b: int):
+    """apply(params, xs) as the trainer runs it on several devices (experiments/parallel.py):
+    xs `[B, ...]` split over the largest number of local devices that divides B, params
+    replicated; returns (fwd, loss) for `jax.jit` and `jax.grad`, the gradient one `pmean`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    n = max(k for k in range(1, jax.local_device_count() + 1) if b % k == 0)
+    mesh = Mesh(np.asarray(jax.local_devices()[:n]), ("data",))
+    fwd = jax.shard_map(apply, mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data"),
+                        check_vma=False)
+
+    def grad(p, x):
+        return jax.lax.pmean(jax.grad(lambda p, x: jnp.mean(apply(p, x)))(p, x), "data")
+
+    return fwd, jax.shard_map(grad, mesh=mesh, in_specs=(P(), P("data")), out_specs=P(),
+                              check_vma=False)
+
+
 def _jax_case(name: str, cell: str, b: int, h: int, t: int, options: dict | None = None):
-    """(fwd, train, compile_s, compiled_train) thunks for gated_rnn (options) or 'flax'."""
+    """(fwd, train, compile_s, compiled_train) thunks for gated_rnn (options) or 'flax'.
+    options["data_parallel"]: split the batch over the local devices (`_data_parallel`)."""
     import jax
     import jax.numpy as jnp
 
+    opts = dict(options or {})
+    data_parallel = opts.pop("data_parallel", False)
     key = jax.random.key(0)
     xs = jax.random.normal(jax.random.fold_in(key, 1), (b, t, h), jnp.float32)
     if name == "flax":
@@ -100,14 +128,16 @@ def _jax_case(name: str, cell: str, b: int, h: int, t: int, options: dict | None
         apply = model.apply
     else:
         from gated_rnn import layers
-        opts = dict(options or {})
         if "matmul_dtype" in opts:
             opts["matmul_dtype"] = jnp.dtype(opts["matmul_dtype"])
         spec = layers.Spec(cell=cell, input_size=h, hidden_size=h, **opts)
         params = layers.init(key, spec)
         apply = lambda p, x: layers.apply(spec, p, x)[0]  # noqa: E731
-    fwd = jax.jit(apply)
-    train = jax.jit(jax.grad(lambda p, x: jnp.mean(apply(p, x))))
+    if data_parallel:
+        fwd, train = (jax.jit(f) for f in _data_parallel(apply, b))
+    else:
+        fwd = jax.jit(apply)
+        train = jax.jit(jax.grad(lambda p, x: jnp.mean(apply(p, x))))
     start = time.perf_counter()
     fwd_c = fwd.lower(params, xs).compile()
     mid = time.perf_counter()
@@ -239,6 +269,8 @@ def speed_rows(configs, cells, variants, peers, repeats: int,
                 cases[f"gated_rnn[{v}]"] = (fwd, train, comp)
             if "flax" in peers:
                 cases["flax"] = _jax_case("flax", cell, b, h, t)[:3]
+                if "dp" in variants:  # the same lever is open to Flax: show it
+                    cases["flax[dp]"] = _jax_case("flax", cell, b, h, t, VARIANTS["dp"])[:3]
             if torch is not None:
                 cases["torch"] = (*_torch_case(torch, cell, b, h, t), None)
             times = {n: {"fwd": [], "train": []} for n in cases}
@@ -319,11 +351,16 @@ def long_rows(num_steps: int, cells, b: int = 32, h: int = 128) -> list[dict]:
 
 def seeds_rows(num_seeds: int, cells, repeats: int, b: int = 32, h: int = 128,
                t: int = 100) -> list[dict]:
-    """num_seeds models in one vmapped training step vs num_seeds separate steps."""
+    """num_seeds models in one vmapped training step vs num_seeds separate steps, and the
+    vmapped step with the seeds split over the local devices (the trainer's shard=seeds)."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from gated_rnn import layers
     rows = []
+    n = max(k for k in range(1, jax.local_device_count() + 1) if num_seeds % k == 0)
+    mesh = Mesh(np.asarray(jax.local_devices()[:n]), ("seeds",))
     for cell in cells:
         spec = layers.Spec(cell=cell, input_size=h, hidden_size=h)
         keys = jax.random.split(jax.random.key(0), num_seeds)
@@ -332,22 +369,24 @@ def seeds_rows(num_seeds: int, cells, repeats: int, b: int = 32, h: int = 128,
         grad = jax.grad(lambda p, x: jnp.mean(layers.apply(spec, p, x)[0]))
         one = jax.jit(grad)
         many = jax.jit(jax.vmap(grad))
+        split = jax.jit(jax.shard_map(jax.vmap(grad), mesh=mesh, in_specs=P("seeds"),
+                                      out_specs=P("seeds"), check_vma=False))
+        on_mesh = jax.device_put((params, xs), NamedSharding(mesh, P("seeds")))
         singles = [jax.tree_util.tree_map(lambda a, s=s: a[s], params) for s in range(num_seeds)]
-
-        def separate():
-            jax.block_until_ready([one(singles[s], xs[s]) for s in range(num_seeds)])
-
-        def vmapped():
-            jax.block_until_ready(many(params, xs))
-
-        separate(), vmapped()
-        sep, vm = [], []
+        cases = {"separate": lambda: jax.block_until_ready(
+                     [one(singles[s], xs[s]) for s in range(num_seeds)]),
+                 "vmapped": lambda: jax.block_until_ready(many(params, xs)),
+                 "sharded": lambda: jax.block_until_ready(split(*on_mesh))}
+        times = {k: [] for k in cases}
+        for fn in cases.values():
+            fn()
         for _ in range(repeats):
-            sep.append(_timed(separate))
-            vm.append(_timed(vmapped))
+            for k, fn in cases.items():
+                times[k].append(_timed_warm(fn))
+        sep, vm, sh = (_median(times[k]) for k in ("separate", "vmapped", "sharded"))
         rows.append({"cell": cell, "B": b, "H": h, "T": t, "seeds": num_seeds,
-                     "separate_s": _median(sep), "vmapped_s": _median(vm),
-                     "speedup": _median(sep) / _median(vm)})
+                     "separate_s": sep, "vmapped_s": vm, "speedup": sep / vm,
+                     "sharded_devices": n, "sharded_s": sh, "sharded_speedup": sep / sh})
     return rows
 
 
@@ -388,11 +427,12 @@ def format_table(results: dict) -> str:
             out += [f"| {r['cell']} | {r['B']},{r['H']},{r['T']} | {r['impl']} | "
                     f"{_mb(r['peak_bytes'])} | {_ms(r['train_s'])} |" for r in results[key]]
     if results.get("seeds"):
-        out += ["", "| cell | seeds × (B,H,T) | separate steps | one vmapped step | speedup |",
-                "|---|---|---|---|---|"]
+        out += ["", "| cell | seeds × (B,H,T) | separate steps | one vmapped step | speedup "
+                "| vmapped, seeds split over devices | speedup |", "|---|---|---|---|---|---|---|"]
         out += [f"| {r['cell']} | {r['seeds']} × ({r['B']},{r['H']},{r['T']}) | "
-                f"{_ms(r['separate_s'])} | {_ms(r['vmapped_s'])} | {r['speedup']:.2f}× |"
-                for r in results["seeds"]]
+                f"{_ms(r['separate_s'])} | {_ms(r['vmapped_s'])} | {r['speedup']:.2f}× | "
+                f"{_ms(r['sharded_s'])} on {r['sharded_devices']} | "
+                f"{r['sharded_speedup']:.2f}× |" for r in results["seeds"]]
     return "\n".join(out)
 
 
@@ -412,6 +452,7 @@ def run(configs, cells, variants, peers, repeats, memory_config, long_steps, see
     import jax
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(),
                "jax": jax.__version__, "backend": jax.default_backend(),
+               "devices": jax.local_device_count(),
                "load_avg_before": os.getloadavg()}
     results["speed"], results["ceiling_gflops"] = speed_rows(configs, cells, variants, peers,
                                                              repeats, ceiling_n)
@@ -429,6 +470,9 @@ def run(configs, cells, variants, peers, repeats, memory_config, long_steps, see
 
 def main(argv):
     del argv
+    import jax
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices or cores or 1)
     side = (32, 128, 100)
     if FLAGS.quick:
         configs, repeats, memory, long_steps, seeds = [(4, 16, 20)], 2, (4, 16, 50), 200, 4

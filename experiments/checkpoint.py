@@ -43,7 +43,7 @@ TMP_MARKER = ".orbax-checkpoint-tmp"
 HARMLESS_KEYS = ("train.progress_every_secs", "train.max_checkpoints", "train.fresh_start",
                  # Where a run executes, not what it computes: a run may resume on another
                  # device count or set of hosts (the bits may change, see README).
-                 "parallel.num_devices", "distributed.")
+                 "parallel.num_devices", "parallel.cpu_devices", "distributed.")
 
 
 def _harmless(key: str) -> bool:

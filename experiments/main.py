@@ -44,6 +44,7 @@ def main(argv):
         with config.unlocked():
             config.train.fresh_start = True
     try:
+        parallel.set_cpu_devices(config)  # one CPU device per core: before JAX starts
         parallel.initialize(config)  # jax.distributed: before anything touches a device
         validate.validate(config)  # before anything is compiled or written
         train.make_setup(config)

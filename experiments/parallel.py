@@ -9,6 +9,12 @@ devices in use and what is split over it (`parallel.shard`):
          independent models, so a step needs no collective (sweeps of many seeds).
 One device is the same code path with a mesh of size 1.
 
+CPU cores (`parallel.cpu_devices`): XLA:CPU runs a step loop's small matmuls (`[32, 128] @
+[128, 512]`, 4 MFLOP) on one core, however many the machine has, and runs each device's program
+on a thread of its own. So on a CPU `python -m experiments.main` asks JAX for one CPU device per
+core (`jax_num_cpu_devices`, `set_cpu_devices`) and the batch layout splits every step over them:
+at B=32, H=128, T=100 a training step takes 0.75x the time on 2 cores (README "Performance").
+
 Why `shard_map` and not the automatic partitioner: jit with sharded inputs may place a gradient
 all-reduce inside the backward scan's loop (one per time step; `python -m experiments.parallel`
 prints where it puts them); here it is one all-reduce per step, after the scan, checked in the
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -88,6 +95,66 @@ class Layout(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------
 # Runtime and layout.
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_device_count(*configs: ml_collections.ConfigDict) -> int | None:
+    """The number of XLA CPU devices to ask JAX for (one config, or every run of a sweep that
+    one process trains), or None to leave JAX's own.
+
+    `parallel.cpu_devices` N >= 1 (of the first config): N. 0 (the default): one per core this
+    process may use, cut to the largest count that divides what the layout splits
+    (`train.batch_size`, or `num_seeds` with shard=seeds) in every config, so that the default
+    never refuses a batch size; None (JAX's own, one device) for a multi-process run or when
+    the environment already sets a count (`XLA_FLAGS=--xla_force_host_platform_device_count`,
+    `JAX_NUM_CPU_DEVICES`).
+
+    Raises:
+      ValueError: `parallel.cpu_devices` not an integer >= 0.
+    """
+    for config in configs:
+        n = config.parallel.get("cpu_devices", 0)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"parallel.cpu_devices: expected 0 (one per core) or N >= 1, "
+                             f"got {n!r}")
+    if configs[0].parallel.get("cpu_devices", 0):
+        return configs[0].parallel.cpu_devices
+    d = configs[0].distributed
+    if (d.coordinator_address is not None or d.auto or "JAX_NUM_CPU_DEVICES" in os.environ
+            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+        return None
+    sizes = [c.num_seeds if c.parallel.shard == Shard.SEEDS.value else c.train.batch_size
+             for c in configs]
+    if not all(isinstance(size, int) and size >= 1 for size in sizes):
+        return None  # validate() names the field
+    return max(k for k in range(1, _usable_cores() + 1) if all(s % k == 0 for s in sizes))
+
+
+def set_cpu_devices(*configs: ml_collections.ConfigDict) -> None:
+    """Asks JAX for `cpu_device_count(*configs)` CPU devices. The entry points' business (a
+    process-wide setting): `experiments.main` and `experiments.sweep` call it first; in-process
+    users of the trainer keep JAX's one CPU device unless they call it before any JAX
+    computation.
+
+    Raises:
+      ValueError: a bad `parallel.cpu_devices`, or one set after JAX started its backends.
+    """
+    n = cpu_device_count(*configs)
+    if n is None or n == jax.config.jax_num_cpu_devices:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # JAX has run a computation already
+        if configs[0].parallel.get("cpu_devices", 0):
+            raise ValueError(f"parallel.cpu_devices={n}: JAX has already started (set it "
+                             f"before any JAX computation)") from None
+        logging.info("JAX already started: keeping its CPU device count")
+
 
 def initialize(config: ml_collections.ConfigDict) -> None:
     """Starts the multi-process runtime if the config asks for it (idempotent).

@@ -43,7 +43,7 @@ import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 
-from experiments import probe, report, tasks, train
+from experiments import parallel, probe, report, tasks, train
 from experiments.configs import sweeps
 from gated_rnn import gru, layers
 
@@ -389,6 +389,8 @@ def main(argv: Sequence[str]) -> None:
         for p in mine:
             print(f"  {p.name}")
         return
+    if mine:  # one CPU device per core, for every point this process trains
+        parallel.set_cpu_devices(*(make_config(grid, p) for p in mine))
     start = time.time()
     outcome = run_points(grid, mine, f.root)
     print(f"shard {index} of {count}: ran {len(outcome.ran)}, skipped {len(outcome.skipped)}, "

@@ -417,6 +417,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     setup = make_setup(config)
     # The devices: a ValueError (e.g. a batch they do not divide) before anything is compiled.
     setup = setup._replace(layout=parallel.make_layout(config))
+    logging.info("Devices: %d %s, split over %s.", setup.layout.num_devices,
+                 jax.default_backend(), setup.layout.shard.value)
     main = parallel.is_main()  # process 0 alone writes metrics, logs and results
     t = config.train
     seeds = [config.seed + i for i in range(config.num_seeds)]

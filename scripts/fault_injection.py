@@ -9,6 +9,8 @@ kills then; the others kill at a random time after training has started. After e
 same command is rerun, until the run finishes. Checks that the final checkpoint (all params and
 optimizer state), metrics.jsonl (without timing columns) and result.json's per-seed results are
 bitwise equal to the reference, prints the counts and exits non-zero on any difference.
+The runs use one CPU device (`--config.parallel.cpu_devices=1`), like the in-process reference
+the test suite makes: bitwise equality holds for one device count, not across counts.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def command(workdir: str, steps: int) -> list[str]:
             "--config=experiments/configs/copy.py:smoke", f"--workdir={workdir}",
             f"--config.train.steps={steps}", "--config.train.log_every=5",
             "--config.train.checkpoint_every=10", "--config.train.eval_every=20",
-            "--config.train.max_checkpoints=2"]
+            "--config.train.max_checkpoints=2", "--config.parallel.cpu_devices=1"]
 
 
 def _start(workdir: str, steps: int) -> subprocess.Popen:

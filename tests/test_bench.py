@@ -17,12 +17,12 @@ def test_flop_model():
 
 
 def test_tiny_run_produces_every_row(tmp_path):
-    results = bench.run(configs=[(2, 8, 6)], cells=["gru"], variants=["remat"],
+    results = bench.run(configs=[(2, 8, 6)], cells=["gru"], variants=["remat", "dp"],
                         peers=["flax"], repeats=1, memory_config=(2, 8, 6), long_steps=12,
                         seeds=2, side=(2, 8, 6), ceiling_n=128,
                         memory_variants=["remat"])
     speed = results["speed"]
-    assert [r["impl"] for r in speed] == ["gated_rnn[remat]", "flax"]
+    assert [r["impl"] for r in speed] == ["gated_rnn[remat]", "gated_rnn[dp]", "flax", "flax[dp]"]
     assert speed[0]["fwd_ratio"] == 1.0 and speed[0]["train_ratio"] == 1.0
     for r in speed:
         assert r["fwd_s"] > 0 and r["train_s"] > 0 and len(r["train_all_s"]) == 1
@@ -33,12 +33,14 @@ def test_tiny_run_produces_every_row(tmp_path):
     assert [r["impl"] for r in results["memory"]] == ["gated_rnn[remat]", "flax"]
     assert all(r["peak_bytes"] > 0 for r in results["memory"])
     assert [r["impl"] for r in results["long"]] == ["gated_rnn[remat]", "flax"]
-    assert results["seeds"][0]["seeds"] == 2 and results["seeds"][0]["speedup"] > 0
+    seeds = results["seeds"][0]
+    assert seeds["seeds"] == 2 and seeds["speedup"] > 0 and seeds["sharded_speedup"] > 0
+    assert seeds["sharded_devices"] == 1  # this process has one CPU device
     table = bench.format_table(results)
     assert "gated_rnn[remat]" in table and "| gru | 2,8,6 |" in table
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(results))  # JSON-serializable, as main() writes it
-    assert json.loads(path.read_text())["speed"][1]["impl"] == "flax"
+    assert json.loads(path.read_text())["speed"][2]["impl"] == "flax"
 
 
 def test_bad_options_fail_with_a_message():

@@ -193,7 +193,8 @@ def test_default_chunk_size_prefers_divisors():
     assert fused.default_chunk_size(1000, 32, remat=True) == 25      # sqrt(1000) ~ 31.6
     assert fused.default_chunk_size(10_000, 32, remat=True) == 100
     assert fused.default_chunk_size(997, 32, remat=True) == 31       # prime: a tail instead
-    assert fused.default_chunk_size(100, 32, remat=False) == 25      # ~1024 rows
+    assert fused.default_chunk_size(100, 32, remat=False) == 100     # 3200 rows: one chunk
+    assert fused.default_chunk_size(200, 32, remat=False) == 25      # ~1024 rows a chunk
     assert fused.default_chunk_size(1000, 256, remat=False) == 4
     assert fused.default_chunk_size(5, 1, remat=False) == 5
 

@@ -144,6 +144,42 @@ def test_bad_distributed_fields_fail_before_starting(overrides, message):
     assert not jax.distributed.is_initialized()
 
 
+def test_cpu_device_count(monkeypatch):
+    """One CPU device per core, cut to a divisor of what is split; explicit values as given;
+    left to JAX where the environment or a multi-process run decides."""
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setattr(parallel, "_usable_cores", lambda: 4)
+    count = lambda **o: parallel.cpu_device_count(helpers.smoke_config(**o))  # noqa: E731
+    assert count(**{"train.batch_size": 32}) == 4
+    assert count(**{"train.batch_size": 6}) == 3
+    assert count(**{"train.batch_size": 7}) == 1
+    assert count(**{"num_seeds": 2, "parallel.shard": "seeds"}) == 2
+    assert count(**{"parallel.cpu_devices": 3, "train.batch_size": 7}) == 3  # as given
+    assert count(**{"distributed.auto": True}) is None
+    assert parallel.cpu_device_count(*(helpers.smoke_config(**{"train.batch_size": b})
+                                       for b in (32, 6))) == 2  # divides every run's batch
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    assert count() is None
+    with pytest.raises(ValueError, match=r"parallel\.cpu_devices: expected 0 .* got -1"):
+        count(**{"parallel.cpu_devices": -1})
+
+
+def test_command_line_uses_one_cpu_device_per_core(tmp_path):
+    """`python -m experiments.main` on a CPU: the batch split over `parallel.cpu_devices`."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.main", "--config=experiments/configs/copy.py:smoke",
+         f"--workdir={tmp_path / 'run'}", "--config.train.steps=10",
+         "--config.parallel.cpu_devices=2"],
+        cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Devices: 2 cpu, split over batch." in proc.stderr
+    assert (tmp_path / "run" / "result.json").exists()
+
+
 # --- two processes ------------------------------------------------------------------------------
 
 def _two_processes(tmp_path, name):

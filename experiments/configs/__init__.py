@@ -21,7 +21,8 @@ Fields (users type these names):
   run aside instead of resuming it)
   eval.batch_size, eval.seq_lens (extra lengths to evaluate at, e.g. "(200,400)")
   parallel.shard (batch: split each batch over the devices; seeds: split num_seeds over them),
-  parallel.num_devices (0: every visible device)
+  parallel.num_devices (0: every visible device),
+  parallel.cpu_devices (CPU: XLA devices to create, one per core by default; see parallel.py)
   distributed.coordinator_address (host:port of process 0; unset: one process),
   distributed.num_processes, distributed.process_id, distributed.coordinator_bind_address,
   distributed.auto (detect the cluster from the environment, e.g. SLURM),
@@ -80,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel = ml_collections.ConfigDict()
     c.parallel.shard = "batch"
     c.parallel.num_devices = 0
+    c.parallel.cpu_devices = 0  # 0: one per core (dividing the batch); N: N (experiments/parallel.py)
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.coordinator_address = config_dict.placeholder(str)
