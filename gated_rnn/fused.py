@@ -5,21 +5,25 @@ A cell qualifies if its step is `update(params, carry, xp, hz)` on the gate bloc
 RESET_AFTER `gru` (RESET_BEFORE has a second, r-dependent matmul; `scan.run` keeps the plain
 path for it).
 
-Forward: a scan over chunks of K steps. Each chunk projects its inputs in one
-`[K*B, I] @ [I, G*H]` matmul (hoisted out of the step loop, but never a whole-sequence buffer,
-which at T = 1000 costs more in fresh pages than the hoisting saves) and copies the result into
-one contiguous `[K, B, H]` array per gate; then it scans the steps, each one matmul
-`[B, P] @ [P, G*H]` (one, not one per gate: XLA:CPU spreads a large one over several cores) and
-the cell's update on the gate blocks. Why the per-gate copies: a fusion that reads column
-slices of the step's dynamically sliced input compiled to scalar exp/tanh on XLA:CPU, as costly
-as the matmul (checked in the generated code; the GRU forward went from 13.4 to 8.2 ms, single
-thread, at B=32, H=128, T=100).
+Forward: a scan over chunks of K steps (one chunk, the whole sequence, when T*B <= 4096 rows:
+see `default_chunk_size`). Each chunk projects its inputs in one `[K*B, I] @ [I, G*H]` matmul
+(hoisted out of the step loop, but never a whole long-sequence buffer, which at T = 1000 costs
+more in fresh pages than the hoisting saves) and splits the result into the column blocks the
+cell's `update` takes (the cell's `BLOCKS`: the LSTM takes all 4H columns as one block and
+computes its gates full width, `lstm.activate`; the GRU takes one contiguous `[K, B, H]` copy per
+gate). Then it scans the steps, each one matmul `[B, P] @ [P, G*H]` (one, not one per gate:
+XLA:CPU spreads a large one over several cores), the bias (added here, where it fuses into the
+update) and the cell's update. Why blocks: a fusion that applies exp/tanh to column slices of
+the step's dynamically sliced input compiled to scalar code on XLA:CPU, as costly as the matmul
+(checked in the generated code; the GRU forward went from 13.4 to 8.2 ms, single thread, at
+B=32, H=128, T=100; the LSTM's step loop from 10.3 to 6.4 ms).
 
 Backward (`jax.custom_vjp`): the reverse step loop does only the `[B, G*H] @ [G*H, P]` matmul
 and elementwise work (the update's VJP, recomputed from the stored inputs); the weight
 gradients `dw_h = H_prev^T dZ`, `dw_x = X^T dZ`, `db` are computed once per chunk as
 `[K*B]`-long matmuls (autodiff of a plain scan instead does outer products in every step and
-carries `dw_h` through the loop).
+carries `dw_h` through the loop), written as `A^T B` so that XLA:CPU reads both operands in
+place.
 
 Rematerialization (`remat=True`): the forward pass keeps only the carry at each chunk start;
 the backward pass recomputes each chunk's steps before reversing them. Memory falls from
@@ -140,6 +144,34 @@ def _masked_update(s: _Static, rest, carry, xp, hz, m):
     return new, jnp.where(m, y, jnp.zeros_like(y))
 
 
+def _scan(body, carry, xs, *, reverse: bool = False, unroll: int = 1):
+    """`jax.lax.scan(body, carry, xs, reverse=reverse)`, as a `fori_loop` that indexes axis 0
+    of xs and of the stacked outputs itself.
+
+    Why: under `vmap` (many seeds in one step) `lax.scan` moves the vmapped axis of every
+    input and output behind the time axis, a transpose of each whole array (of the
+    `[S, K, B, G*H]` projection: ~13% of a vmapped LSTM training step at S=16, B=32, H=128,
+    T=100, on one core); here the vmapped axis stays first and each step reads and writes a
+    strided slice.
+    """
+    leaves = [a for a in jax.tree_util.tree_leaves(xs)]
+    length = leaves[0].shape[0]
+    index = lambda a, t: jax.lax.dynamic_index_in_dim(a, t, 0, keepdims=False)  # noqa: E731
+    x0 = jax.tree_util.tree_map(lambda a: index(a, 0), xs)
+    shapes = jax.eval_shape(body, carry, x0)[1]
+    ys = jax.tree_util.tree_map(lambda a: jnp.zeros((length, *a.shape), a.dtype), shapes)
+
+    def step(i, state):
+        carry, ys = state
+        t = length - 1 - i if reverse else i
+        carry, y = body(carry, jax.tree_util.tree_map(lambda a: index(a, t), xs))
+        ys = jax.tree_util.tree_map(
+            lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, t, 0), ys, y)
+        return carry, ys
+
+    return jax.lax.fori_loop(0, length, step, (carry, ys), unroll=unroll)
+
+
 def _chunk(s: _Static, params, carry, x, m, keep: bool):
     """K steps from `carry`: x [K, B, I], m [K, B] or None. Returns (carry, ys, residuals).
 
@@ -163,7 +195,7 @@ def _chunk(s: _Static, params, carry, x, m, keep: bool):
             return new, (y, (carry, tuple(a + c for a, c in zip(xp_t, hz))))
         return new, (y, (carry, xp_t, hz))
 
-    carry, out = jax.lax.scan(body, carry, (xp, m), reverse=s.reverse, unroll=s.unroll)
+    carry, out = _scan(body, carry, (xp, m), reverse=s.reverse, unroll=s.unroll)
     return (carry, out, None) if not keep else (carry, *out)
 
 
@@ -182,9 +214,8 @@ def _forward(s: _Static, params, carry, xs, mask, keep: str):
         new, ys, res = _chunk(s, params, carry, x, m, keep == "steps")
         return new, (ys, res if keep == "steps" else carry if keep == "starts" else None)
 
-    carry, (ys, saved) = jax.lax.scan(outer, carry, (_chunked(xs, s.chunk_size),
-                                                     _chunked(mask, s.chunk_size)),
-                                      reverse=s.reverse)
+    carry, (ys, saved) = _scan(outer, carry, (_chunked(xs, s.chunk_size),
+                                              _chunked(mask, s.chunk_size)), reverse=s.reverse)
     return carry, _unchunked(ys), saved
 
 
@@ -249,7 +280,7 @@ def _run_bwd(s: _Static, res, cts):
             dc = dc._replace(h=dc.h + _matmul(dhz, params.w_h.T, s.matmul_dtype))
             return (dc, _tree_add(d_rest, dr)), (dxp, None if sums else dhz)
 
-        (d_carry, d_rest), (dxps, dhzs) = jax.lax.scan(
+        (d_carry, d_rest), (dxps, dhzs) = _scan(
             inner, (d_carry, d_rest), (res, m, dy), reverse=not s.reverse, unroll=s.unroll)
         dhzs = dxps if sums else dhzs
         # The weight gradients of the whole chunk: [K*B]-long matmuls, each written as
@@ -265,7 +296,7 @@ def _run_bwd(s: _Static, res, cts):
     zeros = lambda t: jax.tree_util.tree_map(jnp.zeros_like, t)  # noqa: E731
     init = (d_carry, jnp.zeros_like(params.w_h), jnp.zeros_like(params.w_x),
             jnp.zeros_like(params.b), zeros(rest))
-    (d_carry, d_w_h, d_w_x, d_b, d_rest), dxs = jax.lax.scan(
+    (d_carry, d_w_h, d_w_x, d_b, d_rest), dxs = _scan(
         outer, init, (_chunked(xs, k), _chunked(mask, k), _chunked(d_ys, k), saved),
         reverse=not s.reverse)
     d_params = params._replace(

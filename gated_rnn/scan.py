@@ -12,7 +12,7 @@ are, so the backward direction of a bidirectional layer starts at each sequence'
 element, not at the padding.
 
 Implementations (`impl`, all pinned against a Python loop over `cell.step`): FUSED
-(`gated_rnn.fused`: per-gate matmuls, chunked projection, a custom VJP with the weight
+(`gated_rnn.fused`: gate blocks, chunked projection, a custom VJP with the weight
 gradients outside the reverse loop, optional remat and bfloat16 matmuls) is what AUTO picks for
 rnn, lstm and the reset-after GRU; SCAN (`jax.lax.scan` over `cell.recur`, differentiated by
 JAX, optional remat via `jax.checkpoint`) for the rest; CUDNN (`gated_rnn.cudnn`) is an opt-in

@@ -141,9 +141,11 @@ def test_bfloat16_matmuls_stay_close(key):
         assert a.dtype == jnp.float32
 
 
-def test_vmap_over_params_equals_separate_runs(key):
-    cell, p0 = _cell_and_params("gru", key)
-    _, p1 = _cell_and_params("gru", jax.random.fold_in(key, 1))
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_vmap_over_params_equals_separate_runs(key, name):
+    """vmap keeps its axis first through the step loops (`fused._scan`): still the same numbers."""
+    cell, p0 = _cell_and_params(name, key)
+    _, p1 = _cell_and_params(name, jax.random.fold_in(key, 1))
     stacked = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), p0, p1)
     xs = jax.random.normal(key, (2, 6, I))
     grad = jax.grad(lambda p: _loss(scan.run(cell, p, xs, impl="fused", chunk_size=4)))
