@@ -93,7 +93,7 @@ def _timed_warm(fn: Callable[[], Any]) -> float:
 def _data_parallel(apply: Callable, b: int):
     """apply(params, xs) as the trainer runs it on several devices (experiments/parallel.py):
     xs `[B, ...]` split over the largest number of local devices that divides B, params
-    replicated; returns (fwd, loss) for `jax.jit` and `jax.grad`, the gradient one `pmean`."""
+    replicated; returns (fwd, grad) to jit, the gradient averaged by one `pmean`."""
     import jax
     import jax.numpy as jnp
     import numpy as np

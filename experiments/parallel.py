@@ -13,7 +13,8 @@ CPU cores (`parallel.cpu_devices`): XLA:CPU runs a step loop's small matmuls (`[
 [128, 512]`, 4 MFLOP) on one core, however many the machine has, and runs each device's program
 on a thread of its own. So on a CPU `python -m experiments.main` asks JAX for one CPU device per
 core (`jax_num_cpu_devices`, `set_cpu_devices`) and the batch layout splits every step over them:
-at B=32, H=128, T=100 a training step takes 0.75x the time on 2 cores (README "Performance").
+at B=32, H=128, T=100 a training step takes 0.75-0.81x the time on 2 cores (README
+"Performance").
 
 Why `shard_map` and not the automatic partitioner: jit with sharded inputs may place a gradient
 all-reduce inside the backward scan's loop (one per time step; `python -m experiments.parallel`

@@ -154,8 +154,7 @@ def _scan(body, carry, xs, *, reverse: bool = False, unroll: int = 1):
     T=100, on one core); here the vmapped axis stays first and each step reads and writes a
     strided slice.
     """
-    leaves = [a for a in jax.tree_util.tree_leaves(xs)]
-    length = leaves[0].shape[0]
+    length = jax.tree_util.tree_leaves(xs)[0].shape[0]
     index = lambda a, t: jax.lax.dynamic_index_in_dim(a, t, 0, keepdims=False)  # noqa: E731
     x0 = jax.tree_util.tree_map(lambda a: index(a, 0), xs)
     shapes = jax.eval_shape(body, carry, x0)[1]
@@ -178,8 +177,9 @@ def _chunk(s: _Static, params, carry, x, m, keep: bool):
     The residuals are what the backward step needs: per step the carry before it and the
     update's inputs (the blocks of xp + hz, or of xp and of hz).
     """
-    # One matmul for the chunk, then contiguous per-gate blocks (copies, outside the step
-    # loop), so that no fusion in the loop reads column slices of a dynamically sliced array.
+    # One matmul for the chunk, then the column blocks `update` takes (for the GRU, per-gate
+    # copies outside the step loop, so that no fusion in it reads column slices of the step's
+    # dynamically sliced input).
     xp = _blocks(s.cell, _project(s, params, x))
     bias = _blocks(s.cell, params.b[None, :])  # [1, G*H]: one row, added to [B, ...]
     rest = _rest(params)
