@@ -90,17 +90,25 @@ def _timed_warm(fn: Callable[[], Any]) -> float:
 # ----------------------------------------------------------------------------- JAX peers
 
 
+def _local_mesh(size: int, axis: str):
+    """A one-axis mesh over the largest number of local devices that divides `size`."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    n = max(k for k in range(1, jax.local_device_count() + 1) if size % k == 0)
+    return Mesh(np.asarray(jax.local_devices()[:n]), (axis,))
+
+
 def _data_parallel(apply: Callable, b: int):
     """apply(params, xs) as the trainer runs it on several devices (experiments/parallel.py):
     xs `[B, ...]` split over the largest number of local devices that divides B, params
     replicated; returns (fwd, grad) to jit, the gradient averaged by one `pmean`."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import Mesh, PartitionSpec as P
+    from jax.sharding import PartitionSpec as P
 
-    n = max(k for k in range(1, jax.local_device_count() + 1) if b % k == 0)
-    mesh = Mesh(np.asarray(jax.local_devices()[:n]), ("data",))
+    mesh = _local_mesh(b, "data")
     fwd = jax.shard_map(apply, mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data"),
                         check_vma=False)
 
@@ -355,12 +363,11 @@ def seeds_rows(num_seeds: int, cells, repeats: int, b: int = 32, h: int = 128,
     vmapped step with the seeds split over the local devices (the trainer's shard=seeds)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding, PartitionSpec as P
     from gated_rnn import layers
     rows = []
-    n = max(k for k in range(1, jax.local_device_count() + 1) if num_seeds % k == 0)
-    mesh = Mesh(np.asarray(jax.local_devices()[:n]), ("seeds",))
+    mesh = _local_mesh(num_seeds, "seeds")
+    n = mesh.size
     for cell in cells:
         spec = layers.Spec(cell=cell, input_size=h, hidden_size=h)
         keys = jax.random.split(jax.random.key(0), num_seeds)
