@@ -41,6 +41,9 @@ DAMAGED_DIR = "damaged_checkpoints"  # in workdir
 TMP_MARKER = ".orbax-checkpoint-tmp"
 # Fields that do not change the numbers of a run: they may differ on resume.
 HARMLESS_KEYS = ("train.progress_every_secs", "train.max_checkpoints", "train.fresh_start",
+                 # Steps up to a stop are the same with or without it; a stopped run continues
+                 # when it is turned off.
+                 "train.stop_when_solved",
                  # Where a run executes, not what it computes: a run may resume on another
                  # device count or set of hosts (the bits may change, see README).
                  "parallel.num_devices", "parallel.cpu_devices", "distributed.")

@@ -120,7 +120,8 @@ def result(config: ml_collections.ConfigDict, task: tasks.Task, rows: list[dict]
       seeds: the S seeds, in the order of the per-seed lists.
 
     Returns:
-      A JSON-ready dict; "seeds" holds S dicts (final eval loss, normalized_loss, accuracy,
+      A JSON-ready dict; "final_step" and "stopped" ("solved" or "budget") say where and why the
+      run ended; "seeds" holds S dicts (final eval loss, normalized_loss, accuracy,
       solved, and steps_to_solve: the first eval step it was solved at, or None).
     """
     evals = [r for r in rows if r["split"] == EVAL]
@@ -138,6 +139,10 @@ def result(config: ml_collections.ConfigDict, task: tasks.Task, rows: list[dict]
         "gru_variant": m.gru_variant, "init": m.init, "hidden_size": m.hidden_size,
         "num_layers": m.num_layers, "baseline": task.baseline,
         "solved_criterion": task.criterion, "steps": config.train.steps,
+        # The step the run ended at, and why: "solved" (train.stop_when_solved, every seed
+        # solved at that eval) or "budget" (train.steps taken).
+        "final_step": evals[-1]["step"],
+        "stopped": "solved" if evals[-1]["step"] < config.train.steps else "budget",
         "num_seeds": config.num_seeds, "seeds": per_seed,
         "solved_fraction": float(np.mean([s["solved"] for s in per_seed])),
         "wall_time_s": rows[-1]["wall_time_s"], "steps_per_sec": evals[-1]["steps_per_sec"],

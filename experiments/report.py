@@ -34,7 +34,8 @@ import numpy as np
 
 CSV_FIELDS = (
     "task", "cell", "gru_variant", "init", "hidden_size", "seq_len", "seed", "steps",
-    "loss", "normalized_loss", "accuracy", "solved", "steps_to_solve", "wall_time_s", "workdir",
+    "loss", "normalized_loss", "accuracy", "solved", "steps_to_solve", "final_step", "stopped",
+    "wall_time_s", "workdir",
 )
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
@@ -116,6 +117,10 @@ def load_rows(root: str) -> list[Row]:
                 "accuracy": float(seed["accuracy"]),
                 "solved": bool(seed["solved"]),
                 "steps_to_solve": seed["steps_to_solve"],
+                # Where and why the run ended (results written before train.stop_when_solved
+                # existed always ran their budget).
+                "final_step": int(result.get("final_step", result["steps"])),
+                "stopped": result.get("stopped", "budget"),
                 "wall_time_s": float(result["wall_time_s"]),
                 "workdir": workdir,
             })
@@ -211,11 +216,13 @@ def summary_markdown(rows: list[Row], root: str) -> str:
         "",
         "Normalized loss = final eval loss / the task's memoryless baseline (1 = no memory). "
         "Mean ± std over seeds (population std). Steps to solve: the first eval step at which "
-        "each solved seed met the criterion.",
+        "each solved seed met the criterion. Ended: `solved at s` = every seed was solved at "
+        "step s and the run stopped there (`train.stop_when_solved`); `budget` = it took all "
+        "its steps.",
         "",
-        "| task | cell/init | H | T | steps | seeds solved | normalized loss | accuracy "
+        "| task | cell/init | H | T | steps | ended | seeds solved | normalized loss | accuracy "
         "| steps to solve | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s, group in _group(rows, setting_of).items():
         for t, runs in _group(group, _seq_len).items():
@@ -223,12 +230,19 @@ def summary_markdown(rows: list[Row], root: str) -> str:
             wall = sum({r["workdir"]: r["wall_time_s"] for r in runs}.values())
             steps = "/".join(str(v) for v in sorted({r["steps"] for r in runs}))
             out.append(
-                f"| {s.task} | {label(s)} | {s.hidden_size} | {t} | {steps} "
+                f"| {s.task} | {label(s)} | {s.hidden_size} | {t} | {steps} | {_ended(runs)} "
                 f"| {sum(r['solved'] for r in runs)}/{len(runs)} "
                 f"| {_mean_std([r['normalized_loss'] for r in runs])} "
                 f"| {_mean_std([r['accuracy'] for r in runs], '.3f')} "
                 f"| {', '.join(map(str, to_solve)) or '-'} | {wall:.0f} |")
     return "\n".join(out) + "\n"
+
+
+def _ended(runs: list[Row]) -> str:
+    """How the runs of one (setting, T) ended: "solved at s" per run, or "budget"."""
+    ends = {r["workdir"]: (r["stopped"], r["final_step"]) for r in runs}
+    return ", ".join(f"solved at {step}" if why == "solved" else "budget"
+                     for why, step in ends.values())
 
 
 # ----------------------------------------------------------------------------- plots

@@ -167,8 +167,11 @@ def make_config(grid: dict[str, Any], point: Point) -> ml_collections.ConfigDict
     module = importlib.import_module(f"experiments.configs.{point.task}")
     config = module.get_config(",".join(filter(None, (spec.get("config_arg"),
                                                       f"seq_len={point.seq_len}"))))
+    # A sweep spends its steps where the frontier is: a point ends at the first eval at which
+    # every seed is solved (`--set=train.stop_when_solved=False` trains every point to the end).
     values = {"model.cell": point.cell, "model.gru_variant": point.gru_variant,
-              "model.init": point.init, "num_seeds": spec["num_seeds"], **spec["config"]}
+              "model.init": point.init, "num_seeds": spec["num_seeds"],
+              "train.stop_when_solved": True, **spec["config"]}
     for key, value in values.items():
         _set_field(config, key, value)
     if config.seq_len != point.seq_len:

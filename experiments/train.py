@@ -394,11 +394,20 @@ class _Clock:
 
 
 def _log_eval(log: outputs.MetricsLog, setup: Setup, state: TrainState, step: int,
-              config: ml_collections.ConfigDict, clock: _Clock) -> None:
-    for split, metrics in evaluate(setup, state).items():
+              config: ml_collections.ConfigDict, clock: _Clock) -> bool:
+    """Evaluates and logs every split; returns whether every seed is solved at the train length."""
+    results = evaluate(setup, state)
+    for split, metrics in results.items():
         seq_len = int(split[len("eval_T"):]) if split.startswith("eval_T") else config.seq_len
         log.write(step, split, metrics, seq_len=seq_len, steps_per_sec=clock.rate,
                   wall_time_s=clock.wall())
+    return bool(np.all(results[EVAL]["solved"]))
+
+
+def _solved_at(rows: list[dict], step: int) -> bool:
+    """Whether the logged eval at `step` (at the training length) had every seed solved."""
+    return any(r["split"] == EVAL and r["step"] == step and all(r["per_seed"]["solved"])
+               for r in rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,9 +454,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     clock = _Clock(start, log.rows[-1]["wall_time_s"] if log.rows else 0.0)
     # Step metrics not yet logged when a signal stopped the run between log steps.
     pending = checkpoint.load_pending(workdir, start) if start else []
+    # train.stop_when_solved: the run ends after the first eval at which every seed is solved
+    # (`end` is that step); a rerun of a run that stopped so does not train further.
+    stop_when_solved = t.get("stop_when_solved", False)
+    end = start if start and stop_when_solved and _solved_at(log.rows, start) else t.steps
     stop = checkpoint.StopSignals().install()  # SIGTERM / SIGINT: save this step, then exit
     try:
-        for step in range(start + 1, t.steps + 1):
+        for step in range(start + 1, end + 1):
             state, metrics = train_step(setup, state, sample_batch(setup, state))
             parallel.throttle(setup.layout, step, state)
             pending.append(metrics)
@@ -466,7 +479,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                  _format_eta((t.steps - step) / clock.rate))
             if step % t.eval_every == 0 or last:
                 with clock.paused():
-                    _log_eval(log, setup, state, step, config, clock)
+                    solved = _log_eval(log, setup, state, step, config, clock)
+                if stop_when_solved and solved and not last:
+                    end, last = step, True
+                    if pending:  # the train row of the steps since the last log
+                        mean = _mean_and_check(pending, step, seeds, manager)
+                        pending = []
+                        log.write(step, "train", mean, steps_per_sec=clock.lap(step),
+                                  wall_time_s=clock.wall())
+                    logging.info("step %d: every seed solved; stopping (train.stop_when_solved)",
+                                 step)
             if step % t.checkpoint_every == 0 or last:
                 with clock.paused():
                     save_checkpoint(manager, state, step)
@@ -479,10 +501,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     save_checkpoint(manager, state, step)
                 checkpoint.finish(manager, step)
                 raise checkpoint.Stopped(stop.received, step, workdir)
-        checkpoint.finish(manager, t.steps)
-        if not any(r["split"] == EVAL and r["step"] == t.steps for r in log.rows):
+            if last:
+                break
+        checkpoint.finish(manager, end)
+        if not any(r["split"] == EVAL and r["step"] == end for r in log.rows):
             # Resumed from the final checkpoint of a run stopped before its last eval was logged.
-            _log_eval(log, setup, state, t.steps, config, clock)
+            _log_eval(log, setup, state, end, config, clock)
         result = outputs.result(config, setup.task, log.rows, seeds)
         if main:
             outputs.atomic_write(os.path.join(workdir, "result.json"),

@@ -30,7 +30,7 @@ SCHEDULES = ("constant", "cosine")
 POSITIVE_INTS = ("seq_len", "num_seeds", "model.hidden_size", "model.num_layers", "model.unroll",
                  "train.steps", "train.batch_size", "train.log_every", "train.eval_every",
                  "train.checkpoint_every", "train.max_checkpoints", "eval.batch_size")
-BOOLS = ("train.skip_nonfinite", "train.fresh_start")
+BOOLS = ("train.skip_nonfinite", "train.fresh_start", "train.stop_when_solved")
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:

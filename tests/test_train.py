@@ -158,6 +158,42 @@ def test_short_run_lowers_loss_and_writes_outputs(smoke_run):
                os.listdir(os.path.join(workdir, "tb")))
 
 
+def test_stop_when_solved_ends_at_the_first_eval_with_every_seed_solved(tmp_path):
+    """Two seeds of adding T=10 are both solved first at step 200 (eval every 20): the run stops
+    there, its rows equal those of a run without the option up to that step (bitwise, timing
+    aside), steps_to_solve is exact, and a rerun trains no further and writes the same result."""
+    values = {"train.learning_rate": 0.01, "model.hidden_size": 32, "train.eval_every": 20,
+              "num_seeds": 2, "eval.batch_size": 64}
+    stopping = helpers.smoke_config("adding", **values, **{"train.steps": 400,
+                                                          "train.stop_when_solved": True})
+    full = helpers.smoke_config("adding", **values, **{"train.steps": 260})
+    stop_dir, full_dir = str(tmp_path / "stop"), str(tmp_path / "full")
+    state = train.train_and_evaluate(stopping, stop_dir)
+    train.train_and_evaluate(full, full_dir)
+
+    full_rows = _rows(full_dir)
+    evals = [r for r in full_rows if r["split"] == "eval"]
+    first_all = next(r["step"] for r in evals if all(r["per_seed"]["solved"]))
+    assert first_all == 200 < stopping.train.steps  # the premise of this test
+    assert int(state.step[0]) == first_all
+    assert _without_timing(_rows(stop_dir)) == _without_timing(
+        [r for r in full_rows if r["step"] <= first_all])
+    with open(os.path.join(stop_dir, "result.json")) as f:
+        result = json.load(f)
+    assert (result["stopped"], result["final_step"], result["steps"]) == ("solved", 200, 400)
+    assert [s["steps_to_solve"] for s in result["seeds"]] == [
+        next(r["step"] for r in evals if r["per_seed"]["solved"][i]) for i in range(2)]
+    with open(os.path.join(full_dir, "result.json")) as f:
+        assert (json.load(f)["stopped"]) == "budget"
+    assert sorted(os.listdir(os.path.join(stop_dir, "checkpoints")))[-1] == "200"
+
+    rows_before = _rows(stop_dir)
+    state = train.train_and_evaluate(stopping, stop_dir)  # rerun: nothing left to train
+    assert int(state.step[0]) == 200 and _rows(stop_dir) == rows_before
+    with open(os.path.join(stop_dir, "result.json")) as f:
+        assert json.load(f) == result
+
+
 class _Interrupt(Exception):
     pass
 

@@ -15,10 +15,11 @@ Fields (users type these names):
   model.chrono_max_len (unset: the task's input length), model.unroll
   train.steps, train.batch_size, train.optimizer (rmsprop/adam), train.learning_rate,
   train.rmsprop_decay, train.eps, train.clip (global-norm clip; 0 disables),
-  train.schedule (constant/cosine/warmup_cosine), train.warmup_steps, train.log_every,
+  train.schedule (constant/cosine; train.warmup_steps adds a linear warmup), train.warmup_steps, train.log_every,
   train.eval_every, train.checkpoint_every, train.max_checkpoints, train.progress_every_secs,
   train.skip_nonfinite (skip and count non-finite updates), train.fresh_start (move an existing
-  run aside instead of resuming it)
+  run aside instead of resuming it), train.stop_when_solved (finish after the first eval at which
+  every seed is solved; on in sweeps and the horizon search)
   eval.batch_size, eval.seq_lens (extra lengths to evaluate at, e.g. "(200,400)")
   parallel.shard (batch: split each batch over the devices; seeds: split num_seeds over them),
   parallel.num_devices (0: every visible device),
@@ -73,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.progress_every_secs = 10.0
     c.train.skip_nonfinite = False  # skip (and count) non-finite updates instead of stopping
     c.train.fresh_start = False     # move an existing run in the workdir aside and start over
+    c.train.stop_when_solved = False  # stop after an eval at which every seed is solved
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 1000
