@@ -6,6 +6,7 @@
 #   ./launch.sh test [pytest args] the test suite (CPU, a few minutes)
 #   ./launch.sh run  --config=experiments/configs/copy.py --workdir=runs/x [--config.seq_len=200 ...]
 #   ./launch.sh sweep [sweep flags]
+#   ./launch.sh horizon [horizon flags]   adaptive search of the longest solved T (experiments/horizon.py)
 #   ./launch.sh bench [benchmark flags]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -54,12 +55,16 @@ case "$cmd" in
     setup core
     run "$PY" -m experiments.sweep "$@"
     ;;
+  horizon)
+    setup core
+    run "$PY" -m experiments.horizon "$@"
+    ;;
   bench)
     setup test
     run "$PY" -m benchmarks.bench "$@"
     ;;
   *)
-    sed -n '2,10p' "$0"
+    sed -n '2,11p' "$0"
     [ "$cmd" = help ] || exit 2
     ;;
 esac

@@ -82,8 +82,16 @@ class Report(NamedTuple):
 
 
 def find_results(root: str) -> list[str]:
-    """The directories under `root` that hold a `result.json` (finished runs), sorted."""
-    return sorted(d for d, _, files in os.walk(root) if RESULT_FILE in files)
+    """The directories under `root` that hold a `result.json` (finished runs), sorted.
+
+    Folders whose name starts with "_" are not read (e.g. the horizon search's learning-rate
+    selection runs, `ROOT/_lr/`: they are not points of the horizon table)."""
+    found = []
+    for d, subdirs, files in os.walk(root):
+        subdirs[:] = [s for s in subdirs if not s.startswith("_")]
+        if RESULT_FILE in files:
+            found.append(d)
+    return sorted(found)
 
 
 def read_result(root: str, workdir: str) -> dict[str, Any]:

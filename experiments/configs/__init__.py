@@ -3,7 +3,9 @@
 Each config file defines `get_config(arg=None) -> ConfigDict`. `arg` is what follows the colon in
 `--config=experiments/configs/copy.py:ARG`, a comma-separated list of:
   smoke        tiny sizes for tests and CI (a run takes seconds);
-  seq_len=N    the task length T (the same as `--config.seq_len=N`; kept for sweeps' file specs).
+  seq_len=N    the task length T (the same as `--config.seq_len=N`; kept for sweeps' file specs);
+  tallec, arjovsky   a paper's training recipe (configs/recipes.py), chrono's T_max from the
+               final seq_len.
 e.g. `copy.py:smoke`, `copy.py:seq_len=200`, `copy.py:smoke,seq_len=50`. Plain values are set with
 `--config.FIELD=VALUE` (e.g. `--config.model.cell=gru --config.train.steps=5000`).
 
@@ -37,6 +39,8 @@ from typing import Optional
 
 import ml_collections
 from ml_collections import config_dict
+
+from experiments.configs import recipes
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -111,11 +115,14 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
 def apply_arg(c: ml_collections.ConfigDict, arg: Optional[str], smoke_seq_len: int) -> None:
     """Applies a `get_config` argument ("smoke", "seq_len=N", comma-separated) to `c`."""
     tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
-    seq_len = None
+    seq_len = recipe = None
     for token in tokens:
         if token == "smoke":
             apply_smoke(c)
             c.seq_len = smoke_seq_len
+        elif token in recipes.RECIPES:
+            recipe = token
+            recipes.apply(c, recipe)
         elif token.startswith("seq_len="):
             value = token.split("=", 1)[1]
             try:
@@ -124,6 +131,9 @@ def apply_arg(c: ml_collections.ConfigDict, arg: Optional[str], smoke_seq_len: i
                 raise ValueError(f"config arg: seq_len must be an integer, got {value!r}") from None
         else:
             raise ValueError(f"config arg: unknown token {token!r} in {arg!r}; valid: 'smoke', "
-                             f"'seq_len=N', comma-separated (e.g. 'smoke,seq_len=50')")
+                             f"'seq_len=N', a recipe ({', '.join(recipes.RECIPES)}), "
+                             f"comma-separated (e.g. 'tallec,seq_len=200')")
     if seq_len is not None:  # after presets, whatever the order
         c.seq_len = seq_len
+    if recipe is not None:  # the recipe's T_max rule reads the final seq_len
+        c.model.chrono_max_len = recipes.chrono_max_len(c, recipe)

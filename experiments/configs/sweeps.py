@@ -95,4 +95,24 @@ SMOKE = {
     },
 }
 
-GRIDS = {"demo": DEMO, "papers": PAPERS, "smoke": SMOKE}
+# The horizon search at the published lengths (`python -m experiments.horizon`, its default
+# grid): the Tallec & Ollivier recipe (configs/recipes.py: RMSProp 1e-3, no clipping, H = 128,
+# batch 50, chrono T_max = T for adding, 3T/2 for copy), 3 seeds, a 5,000-step budget per length,
+# stopping at the first eval (every 100 steps) with every seed solved. Its seq_lens are the
+# search's default start; `--max_len` (default 1000) caps it.
+HORIZON = {
+    "cells": ("rnn", "lstm", "gru"),
+    "inits": ("chrono",),
+    "gru_variants": ("reset_after",),
+    "num_seeds": 3,
+    "tasks": {
+        "adding": {"seq_lens": (50,), "config_arg": "tallec",
+                   "config": {"train.steps": 5000, "train.eval_every": 100,
+                              "train.checkpoint_every": 500}},
+        "copy": {"seq_lens": (50,), "config_arg": "tallec",
+                 "config": {"train.steps": 5000, "train.eval_every": 100,
+                            "train.checkpoint_every": 500}},
+    },
+}
+
+GRIDS = {"demo": DEMO, "papers": PAPERS, "smoke": SMOKE, "horizon": HORIZON}

@@ -1,0 +1,376 @@
+"""Adaptive memory-horizon search: the longest T each (task, cell, init) still solves.
+
+    python -m experiments.horizon --tasks=adding --cells=rnn,lstm,gru --inits=chrono \
+        --recipe=tallec --start_len=50 --max_len=1000 --steps=5000 --num_seeds=3 \
+        --root=runs/horizon_adding
+    python -m experiments.horizon --root=runs/horizon_adding --aggregate_only   # after shards
+
+For each search (task, cell, GRU variant, init) it trains at `--start_len`, multiplies T by
+`--factor` while a strict majority of the seeds is solved (never past `--max_len`), then
+bisects (geometric midpoints) between the last solved and the first failed length until their
+ratio is at most `--resolution`. Each length is one sweep point (`experiments/sweep.py`): the same
+workdir layout `ROOT/<task>/<cell>-<init>/T<T>`, `train.stop_when_solved` on (a point ends at the
+first eval with every seed solved), finished points skipped and interrupted ones resumed when
+the command is rerun, and the sweep's report (table, plots) written over the root.
+
+The search is a pure function of the finished points, so `ROOT/horizon.json` is rebuilt from the
+`result.json` files alone (`--aggregate_only`; sharded runs give the same file as one run). It is
+a list, one entry per search: {task, cell, gru_variant, init, horizon (int or null),
+lower_bound (the longest length tried was solved), complete, budget_steps, num_seeds,
+learning_rate, start_len, factor, resolution, max_len, points: [{seq_len, solved_fraction,
+steps_to_solve, normalized_loss, final_step}]}.
+
+A fair cell comparison (`--lr_grid=3e-4,1e-3,3e-3 --lr_ref_len=100`): before its search, each
+(task, cell, init) trains at the reference length with each learning rate (under
+`ROOT/_lr/<lr>/...`, ignored by the horizon report) and searches with the best one (most seeds
+solved, then fewest steps to solve, then lowest loss); the choice and the grid's numbers are in
+horizon.json.
+
+Shards (`--shard_index/--num_shards`, or a SLURM array as for the sweep) own whole searches:
+search i belongs to shard i % num_shards.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+from absl import app, flags
+
+from experiments import outputs, parallel, report, sweep
+from experiments.configs import recipes
+
+HORIZON_FILE = "horizon.json"
+LR_DIR = "_lr"  # learning-rate selection runs, under the root; the report skips "_" folders
+
+
+class Search(NamedTuple):
+    """One horizon search: a grid point without its length."""
+
+    task: str
+    cell: str
+    gru_variant: str
+    init: str
+
+    def at(self, seq_len: int) -> sweep.Point:
+        return sweep.Point(self.task, self.cell, self.gru_variant, self.init, seq_len)
+
+
+class Plan(NamedTuple):
+    """How lengths are chosen: start, growth factor, bisection resolution, cap."""
+
+    start_len: int
+    factor: float
+    resolution: float
+    max_len: int
+
+
+# Outcome of one length: (solved by a strict majority of the seeds, the run's result.json).
+Trial = Callable[[int], Optional[dict]]
+
+
+def next_length(plan: Plan, solved: dict[int, bool]) -> Optional[int]:
+    """The next length to train, given the outcome at each length tried so far; None when done.
+
+    Doubling phase: from `start_len`, times `factor` while every tried length is solved (capped
+    at `max_len`). Bisection phase: the geometric midpoint of the longest solved and the shortest
+    failed length, until their ratio is at most `resolution` or no integer lies between them.
+    """
+    if not solved:
+        return plan.start_len
+    ok = [t for t, s in solved.items() if s]
+    failed = [t for t, s in solved.items() if not s]
+    lo = max(ok) if ok else None
+    hi = min(failed) if failed else None
+    if hi is None:  # still growing
+        if lo >= plan.max_len:
+            return None
+        return min(max(int(round(lo * plan.factor)), lo + 1), plan.max_len)
+    if lo is None or hi / lo <= plan.resolution:
+        return None
+    mid = int(round(math.sqrt(lo * hi)))
+    return mid if lo < mid < hi else None
+
+
+def run_search(plan: Plan, trial: Trial) -> dict[int, Optional[dict]]:
+    """Drives `trial` over the lengths `next_length` picks; {T: result or None (not run)}.
+
+    `trial(T)` returns the finished run's result.json dict, or None if the point has not
+    finished (aggregate-only mode, or a failed run): the search stops there, incomplete.
+    """
+    results: dict[int, Optional[dict]] = {}
+    solved: dict[int, bool] = {}
+    while (t := next_length(plan, solved)) is not None:
+        result = trial(t)
+        results[t] = result
+        if result is None:
+            break
+        solved[t] = _majority(result)
+    return results
+
+
+def _majority(result: dict) -> bool:
+    seeds = result["seeds"]
+    return 2 * sum(bool(s["solved"]) for s in seeds) > len(seeds)
+
+
+def summarize(search: Search, plan: Plan, results: dict[int, Optional[dict]], *,
+              budget_steps: int, num_seeds: int, learning_rate: Optional[float],
+              lr_grid: Optional[dict] = None) -> dict[str, Any]:
+    """The horizon.json entry of one search from its results."""
+    done = {t: r for t, r in sorted(results.items()) if r is not None}
+    solved = [t for t, r in done.items() if _majority(r)]
+    complete = next_length(plan, {t: _majority(r) for t, r in done.items()}) is None \
+        and len(done) == len(results)
+    horizon = max(solved) if solved else None
+    entry = {
+        **search._asdict(), "horizon": horizon,
+        "lower_bound": bool(done) and horizon is not None and horizon == max(done),
+        "complete": complete, "budget_steps": budget_steps, "num_seeds": num_seeds,
+        "learning_rate": learning_rate, **plan._asdict(),
+        "points": [{"seq_len": t, "solved_fraction": r["solved_fraction"],
+                    "steps_to_solve": [s["steps_to_solve"] for s in r["seeds"]],
+                    "normalized_loss": [s["normalized_loss"] for s in r["seeds"]],
+                    "final_step": r.get("final_step", r["steps"])} for t, r in done.items()],
+    }
+    if lr_grid is not None:
+        entry["lr_grid"] = lr_grid
+    return entry
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def searches(grid: dict[str, Any]) -> list[Search]:
+    """Every search of a resolved grid, in the sweep's point order (the order shards are cut
+    from); a grid point's length is dropped."""
+    return list(dict.fromkeys(Search(p.task, p.cell, p.gru_variant, p.init)
+                              for p in sweep.grid_points(grid)))
+
+
+def _with_lr(grid: dict[str, Any], task: str, lr: Optional[float]) -> dict[str, Any]:
+    if lr is None:
+        return grid
+    grid = copy.deepcopy(grid)
+    grid["tasks"][task]["config"]["train.learning_rate"] = lr
+    return grid
+
+
+TrainFn = Optional[Callable[[Any, str], Any]]  # (config, workdir); None: the trainer
+
+
+def _trial(grid: dict[str, Any], search: Search, root: str, train: bool,
+           train_fn: TrainFn = None) -> Trial:
+    """`trial(T)`: the point's result, training it first (skip/resume as the sweep) if `train`."""
+    def trial(seq_len: int) -> Optional[dict]:
+        point = search.at(seq_len)
+        if train:
+            sweep.run_points(grid, [point], root, train_fn=train_fn)
+        path = os.path.join(root, point.name, report.RESULT_FILE)
+        if not os.path.exists(path):
+            return None
+        return report.read_result(root, point.name)
+    return trial
+
+
+def _learning_rate(grid: dict[str, Any], search: Search) -> float:
+    return float(sweep.make_config(grid, search.at(grid["tasks"][search.task]["seq_lens"][0]))
+                 .train.learning_rate)
+
+
+def select_lr(grid: dict[str, Any], search: Search, root: str, lrs: Sequence[float],
+              ref_len: int, train: bool, train_fn: TrainFn = None
+              ) -> tuple[Optional[float], dict]:
+    """Trains the search's cell at `ref_len` with each learning rate; the best and the table.
+
+    Best: most seeds solved, then the fewest mean steps to solve (unsolved seeds count as the
+    budget), then the lowest mean normalized loss. None if a run is missing (not trained yet).
+    """
+    table, scores = {}, {}
+    for lr in lrs:
+        lr_root = os.path.join(root, LR_DIR, f"lr{lr:g}")
+        result = _trial(_with_lr(grid, search.task, lr), search, lr_root, train,
+                        train_fn)(ref_len)
+        if result is None:
+            return None, table
+        seeds = result["seeds"]
+        to_solve = [s["steps_to_solve"] if s["steps_to_solve"] is not None else result["steps"]
+                    for s in seeds]
+        loss = sum(s["normalized_loss"] for s in seeds) / len(seeds)
+        table[f"{lr:g}"] = {"seq_len": ref_len, "solved_fraction": result["solved_fraction"],
+                            "mean_steps_to_solve": sum(to_solve) / len(to_solve),
+                            "mean_normalized_loss": loss}
+        scores[lr] = (-result["solved_fraction"], sum(to_solve) / len(to_solve), loss)
+    return min(scores, key=scores.get), table
+
+
+def horizon_search(grid: dict[str, Any], search: Search, plan: Plan, root: str, *,
+                   train: bool = True, lrs: Sequence[float] = (),
+                   lr_ref_len: Optional[int] = None, train_fn: TrainFn = None) -> dict[str, Any]:
+    """Runs one search (or, with train=False, replays it from the finished points alone).
+
+    Args:
+      grid: a resolved sweep grid (`sweep.resolve_grid`) holding the search's task.
+      search: the (task, cell, variant, init) searched.
+      plan: the lengths' rule.
+      root: the root of the points' workdirs.
+      train: train missing points (False: stop the search at the first missing one).
+      lrs: learning rates to choose from at `lr_ref_len` first (empty: the config's).
+      lr_ref_len: reference length of the choice (default: the plan's start).
+      train_fn: `(config, workdir)` -> anything, the trainer by default (tests pass a fake).
+
+    Returns:
+      Its horizon.json entry.
+    """
+    lr_table = lr = None
+    if lrs:
+        lr, lr_table = select_lr(grid, search, root, lrs, lr_ref_len or plan.start_len, train,
+                                 train_fn)
+        if lr is None:  # the choice is not finished: nothing to search with yet
+            return summarize(search, plan, {plan.start_len: None},
+                             budget_steps=_budget(grid, search),
+                             num_seeds=grid["tasks"][search.task]["num_seeds"],
+                             learning_rate=None, lr_grid=lr_table)
+    grid = _with_lr(grid, search.task, lr)
+    results = run_search(plan, _trial(grid, search, root, train, train_fn))
+    return summarize(search, plan, results, budget_steps=_budget(grid, search),
+                     num_seeds=grid["tasks"][search.task]["num_seeds"],
+                     learning_rate=_learning_rate(grid, search), lr_grid=lr_table)
+
+
+def _budget(grid: dict[str, Any], search: Search) -> int:
+    spec = grid["tasks"][search.task]
+    return int(sweep.make_config(grid, search.at(spec["seq_lens"][0])).train.steps)
+
+
+def horizon_table(entries: Sequence[dict]) -> str:
+    """The search results as a markdown table, one line per search."""
+    lines = ["| task | cell/init | horizon T | lengths tried: seeds solved (steps to solve) "
+             "| budget | lr |", "|---|---|---|---|---|---|"]
+    for e in entries:
+        cell = e["cell"] if e["gru_variant"] in ("", "reset_after") or e["cell"] != "gru" \
+            else f"gru[{e['gru_variant']}]"
+        if e["horizon"] is None:
+            text = f"< {e['start_len']}" if e["points"] else "-"
+        else:
+            text = f">= {e['horizon']}" if e["lower_bound"] else str(e["horizon"])
+        if not e["complete"]:
+            text += " (incomplete)"
+        tried = ", ".join(
+            f"{p['seq_len']}: {round(p['solved_fraction'] * len(p['steps_to_solve']))}/"
+            f"{len(p['steps_to_solve'])}"
+            + (f" ({'/'.join(str(s) for s in p['steps_to_solve'] if s is not None)})"
+               if any(s is not None for s in p["steps_to_solve"]) else "")
+            for p in e["points"])
+        lr = "-" if e["learning_rate"] is None else f"{e['learning_rate']:g}"
+        lines.append(f"| {e['task']} | {cell}/{e['init']} | {text} | {tried or '-'} "
+                     f"| {e['budget_steps']} × {e['num_seeds']} seeds | {lr} |")
+    return "\n".join(lines)
+
+
+def write_horizons(root: str, entries: Sequence[dict]) -> str:
+    path = os.path.join(root, HORIZON_FILE)
+    outputs.atomic_write(path, json.dumps(list(entries), indent=1) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _define_flags() -> None:
+    """Flags exist only when this module runs as a program."""
+    flags.DEFINE_string("grid", "horizon", "a grid of experiments/configs/sweeps.py (its tasks, "
+                        "cells, inits, seeds and config; its seq_lens are ignored)")
+    flags.DEFINE_string("root", None, "directory holding one workdir per point", required=True)
+    flags.DEFINE_list("tasks", None, "only these tasks (default: the grid's)")
+    flags.DEFINE_list("cells", None, "replace the grid's cells (rnn, lstm, gru)")
+    flags.DEFINE_list("inits", None, "replace the grid's inits")
+    flags.DEFINE_list("gru_variants", None, "replace the grid's GRU variants")
+    flags.DEFINE_string("recipe", None, f"a paper's training recipe: {list(recipes.RECIPES)} "
+                        f"(experiments/configs/recipes.py)")
+    flags.DEFINE_integer("steps", None, "train.steps (the budget) of every point")
+    flags.DEFINE_integer("num_seeds", None, "seeds per point (vmapped in one run)")
+    flags.DEFINE_multi_string("set", [], "dotted.config.field=value for every point")
+    flags.DEFINE_integer("start_len", None, "first length (default: the grid task's first)")
+    flags.DEFINE_float("factor", 2.0, "growth factor of the length while solved (> 1)")
+    flags.DEFINE_float("resolution", 1.25, "bisect until longest solved / shortest failed "
+                       "<= this (> 1)")
+    flags.DEFINE_integer("max_len", 1000, "never train longer sequences than this")
+    flags.DEFINE_list("lr_grid", None, "pick each cell's learning rate from these at "
+                      "--lr_ref_len first (a fair comparison)")
+    flags.DEFINE_integer("lr_ref_len", None, "reference length of --lr_grid (default: "
+                         "--start_len)")
+    flags.DEFINE_integer("shard_index", None, "this shard (default: from SLURM, else 0)")
+    flags.DEFINE_integer("num_shards", None, "shards in all (default: from SLURM, else 1)")
+    flags.DEFINE_bool("aggregate_only", False, "train nothing; rebuild horizon.json and the "
+                      "report from the finished points under --root")
+
+
+def _plans(grid: dict[str, Any], f: Any) -> dict[str, Plan]:
+    if not f.factor > 1 or not f.resolution > 1:
+        raise ValueError(f"--factor and --resolution: expected > 1, got {f.factor}, "
+                         f"{f.resolution}")
+    plans = {}
+    for task, spec in grid["tasks"].items():
+        start = f.start_len or spec["seq_lens"][0]
+        if not 1 <= start <= f.max_len:
+            raise ValueError(f"--start_len: expected 1 <= start_len <= --max_len={f.max_len}, "
+                             f"got {start}")
+        plans[task] = Plan(start, f.factor, f.resolution, f.max_len)
+    return plans
+
+
+def _resolve(f: Any) -> dict[str, Any]:
+    grid = sweep.resolve_grid(f.grid, tasks_=f.tasks, cells=f.cells, inits=f.inits,
+                              gru_variants=f.gru_variants, steps=f.steps,
+                              num_seeds=f.num_seeds, overrides=f.set)
+    for spec in grid["tasks"].values():
+        if f.recipe:
+            if f.recipe not in recipes.RECIPES:
+                raise ValueError(f"--recipe: unknown {f.recipe!r}; valid: "
+                                 f"{', '.join(recipes.RECIPES)}")
+            spec["config_arg"] = ",".join(filter(None, (spec.get("config_arg"), f.recipe)))
+    return grid
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    sweep._quiet_library_logs()  # noqa: SLF001
+    try:  # bad flags: one line, exit 2, nothing written
+        grid = _resolve(f)
+        plans = _plans(grid, f)
+        try:
+            lrs = [float(v) for v in f.lr_grid or ()]
+        except ValueError:
+            raise ValueError(f"--lr_grid: expected numbers, got {f.lr_grid}") from None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    all_searches = searches(grid)
+    index, count = sweep.shard_from_env(f.shard_index, f.num_shards)
+    mine = set(sweep.shard(all_searches, index, count)) if not f.aggregate_only else set()
+    print(f"horizon: {len(all_searches)} searches; shard {index} of {count} runs {len(mine)} of "
+          f"them under {f.root}", flush=True)
+    if mine:  # one CPU device per core, before JAX starts
+        parallel.set_cpu_devices(*(sweep.make_config(grid, s.at(plans[s.task].start_len))
+                                   for s in mine))
+    start = time.time()
+    entries = [horizon_search(grid, s, plans[s.task], f.root, train=s in mine, lrs=lrs,
+                              lr_ref_len=f.lr_ref_len) for s in all_searches]
+    print(horizon_table(entries))
+    print(f"{HORIZON_FILE}: {write_horizons(f.root, entries)}")
+    if any(report.find_results(f.root)):
+        sweep.finish(f.root, ("none",))
+    print(f"horizon search: {time.time() - start:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

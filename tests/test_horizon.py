@@ -1,0 +1,175 @@
+"""Pins the horizon search (experiments/horizon.py): the lengths it picks (doubling, the cap,
+bisection to the resolution), its horizon.json against the points it ran, resuming an
+interrupted search, replaying it from the finished points alone, the learning-rate choice, and
+one end-to-end search with the real trainer at smoke sizes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import horizon, outputs, report, sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _lengths(plan, truth):
+    """The lengths a search tries when exactly the lengths <= truth are solved."""
+    tried, solved = [], {}
+    while (t := horizon.next_length(plan, solved)) is not None:
+        tried.append(t)
+        solved[t] = t <= truth
+    return tried
+
+
+def test_search_doubles_then_bisects_to_the_resolution():
+    plan = horizon.Plan(start_len=10, factor=2, resolution=1.25, max_len=1000)
+    # 80 solved, 160 failed; sqrt(80*160) = 113 solved; sqrt(113*160) = 134 solved; 160/134 < 1.25.
+    assert _lengths(plan, truth=137) == [10, 20, 40, 80, 160, 113, 134]
+    assert _lengths(plan, truth=112) == [10, 20, 40, 80, 160, 113, 95]  # 95 solved: 113/95 < 1.25
+
+
+def test_search_never_exceeds_max_len_and_stops_when_it_is_solved():
+    plan = horizon.Plan(start_len=10, factor=2, resolution=1.25, max_len=100)
+    assert _lengths(plan, truth=10_000) == [10, 20, 40, 80, 100]
+    assert _lengths(plan, truth=90) == [10, 20, 40, 80, 100]  # 100/80 <= 1.25: done
+    plan = plan._replace(max_len=120)
+    assert _lengths(plan, truth=90) == [10, 20, 40, 80, 120, 98]  # 98 fails, 98/80 < 1.25
+
+
+def test_search_that_fails_at_the_start_has_no_horizon():
+    plan = horizon.Plan(start_len=50, factor=2, resolution=1.25, max_len=1000)
+    assert _lengths(plan, truth=10) == [50]
+
+
+def test_bisection_stops_when_no_integer_lies_between():
+    plan = horizon.Plan(start_len=2, factor=2, resolution=1.01, max_len=1000)
+    assert _lengths(plan, truth=2) == [2, 4, 3]
+
+
+# --- the search over real workdirs, with a fake trainer --------------------------------------
+
+def _grid(**kw):
+    return sweep.resolve_grid("smoke", tasks_=["adding"], cells=["lstm"], inits=["default"],
+                              num_seeds=3, **kw)
+
+
+def _fake_train(truth, calls, fail_at=None):
+    """A trainer that 'solves' T <= truth with 2 of 3 seeds, writing a real result.json."""
+    def train_fn(config, workdir):
+        calls.append(config.seq_len)
+        if config.seq_len == fail_at:
+            raise RuntimeError("interrupted")
+        ok = config.seq_len <= truth
+        seeds = [{"seed": i, "loss": 0.1, "normalized_loss": 0.01 if ok else 1.0,
+                  "accuracy": 1.0, "solved": ok and i < 2,
+                  "steps_to_solve": 20 * (i + 1) if ok and i < 2 else None} for i in range(3)]
+        result = {"task": "adding", "seq_len": config.seq_len, "cell": "lstm",
+                  "gru_variant": "reset_after", "init": "default", "hidden_size": 16,
+                  "num_layers": 1, "baseline": 0.167, "solved_criterion": "x", "steps": 40,
+                  "final_step": 40, "stopped": "budget", "num_seeds": 3, "seeds": seeds,
+                  "solved_fraction": sum(s["solved"] for s in seeds) / 3, "wall_time_s": 1.0}
+        outputs.atomic_write(os.path.join(workdir, report.RESULT_FILE), json.dumps(result))
+    return train_fn
+
+
+def test_search_entry_matches_its_points_and_replays_from_them(tmp_path):
+    grid, root = _grid(), str(tmp_path)
+    search = horizon.searches(grid)[0]
+    plan = horizon.Plan(start_len=10, factor=2, resolution=1.25, max_len=60)
+    calls = []
+    entry = horizon.horizon_search(grid, search, plan, root, train_fn=_fake_train(50, calls))
+    assert calls == [10, 20, 40, 60, 49]  # 60 (capped 80) fails; 49 solved; 60/49 < 1.25
+    assert entry["horizon"] == 49 and not entry["lower_bound"] and entry["complete"]
+    assert [p["seq_len"] for p in entry["points"]] == [10, 20, 40, 49, 60]
+    for p in entry["points"]:
+        result = report.read_result(root, search.at(p["seq_len"]).name)
+        assert p["solved_fraction"] == result["solved_fraction"]
+        assert p["steps_to_solve"] == [s["steps_to_solve"] for s in result["seeds"]]
+    assert entry["budget_steps"] == 40 and entry["num_seeds"] == 3
+    # Rebuilt from the finished points alone, without training: the same entry.
+    assert horizon.horizon_search(grid, search, plan, root, train=False) == entry
+    # The sweep's report reads the same root: its horizon agrees.
+    rows = report.load_rows(root)
+    (h,) = report.horizons(rows).values()
+    assert h.seq_len == 49
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_points(tmp_path):
+    grid, root = _grid(), str(tmp_path)
+    search = horizon.searches(grid)[0]
+    plan = horizon.Plan(start_len=10, factor=2, resolution=1.25, max_len=1000)
+    calls = []
+    partial = horizon.horizon_search(grid, search, plan, root,
+                                     train_fn=_fake_train(100, calls, fail_at=160))
+    assert calls == [10, 20, 40, 80, 160] and not partial["complete"]
+    assert partial["horizon"] == 80 and partial["lower_bound"]
+    calls.clear()
+    entry = horizon.horizon_search(grid, search, plan, root, train_fn=_fake_train(100, calls))
+    assert calls == [160, 113, 95]  # only the missing points
+    assert entry["horizon"] == 95 and entry["complete"]
+
+
+def test_learning_rate_is_chosen_at_the_reference_length(tmp_path):
+    grid, root = _grid(), str(tmp_path)
+    search = horizon.searches(grid)[0]
+    plan = horizon.Plan(start_len=10, factor=2, resolution=1.5, max_len=20)
+    seen = []
+
+    def train_fn(config, workdir):
+        seen.append((config.train.learning_rate, config.seq_len))
+        truth = 100 if config.train.learning_rate == 0.003 else 5
+        _fake_train(truth, [])(config, workdir)
+
+    entry = horizon.horizon_search(grid, search, plan, root, lrs=[0.001, 0.003],
+                                   lr_ref_len=10, train_fn=train_fn)
+    assert seen == [(0.001, 10), (0.003, 10), (0.003, 10), (0.003, 20)]
+    assert entry["learning_rate"] == 0.003 and entry["horizon"] == 20
+    assert entry["lr_grid"]["0.001"]["solved_fraction"] == 0
+    assert {r["workdir"].split(os.sep)[0] for r in report.load_rows(root)} == {"adding"}
+
+
+def test_command_line_search_with_the_trainer(tmp_path):
+    """Smoke sizes, one search (rnn, adding): the trainer runs, horizon.json and the report are
+    written, and a rerun trains nothing."""
+    root = str(tmp_path / "h")
+    cmd = [sys.executable, "-m", "experiments.horizon", "--grid=smoke", f"--root={root}",
+           "--tasks=adding", "--cells=rnn", "--inits=default", "--num_seeds=1",
+           "--start_len=10", "--max_len=20", "--set=parallel.cpu_devices=1"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open(os.path.join(root, horizon.HORIZON_FILE)) as f:
+        (entry,) = json.load(f)
+    tried = [p["seq_len"] for p in entry["points"]]
+    assert tried[0] == 10 and max(tried) <= 20 and entry["complete"]
+    assert os.path.exists(os.path.join(root, "summary.md"))
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and ": start (" not in again.stdout
+    with open(os.path.join(root, horizon.HORIZON_FILE)) as f:
+        assert json.load(f) == [entry]
+
+
+def test_bad_flags_are_refused_in_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.horizon", "--grid=smoke", f"--root={tmp_path}",
+           "--factor=1"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--factor" in out.stderr
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("recipe", ["tallec", "arjovsky"])
+def test_recipes_set_the_papers_training(recipe):
+    from experiments.configs import adding, copy  # noqa: PLC0415
+    c = copy.get_config(f"{recipe},seq_len=500")
+    a = adding.get_config(f"seq_len=750,{recipe}")
+    assert (c.train.optimizer, c.train.learning_rate, c.train.rmsprop_decay) == \
+        ("rmsprop", 1e-3, 0.9)
+    if recipe == "tallec":
+        assert (c.train.clip, c.model.hidden_size, c.model.chrono_max_len) == (0, 128, 750)
+        assert (a.train.clip, a.model.hidden_size, a.model.chrono_max_len) == (0, 128, 750)
+    else:
+        assert (c.train.clip, c.model.hidden_size, c.train.batch_size) == (1, 40, 20)
+        assert (a.model.hidden_size, a.train.batch_size, a.model.chrono_max_len) == \
+            (128, 50, None)
