@@ -64,7 +64,7 @@ case "$cmd" in
     run "$PY" -m benchmarks.bench "$@"
     ;;
   *)
-    sed -n '2,11p' "$0"
+    sed -n '2,10p' "$0"
     [ "$cmd" = help ] || exit 2
     ;;
 esac
