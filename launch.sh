@@ -2,7 +2,7 @@
 # gated_rnn entry point. Every command sets up ./.venv itself (once; again when
 # pyproject.toml changes) and echoes the python command it runs.
 #
-#   ./launch.sh demo               the main job: a small real sweep -> horizon table + plots
+#   ./launch.sh demo               the main job: a small horizon search -> horizon table + plots
 #   ./launch.sh test [pytest args] the test suite (CPU, a few minutes)
 #   ./launch.sh run  --config=experiments/configs/copy.py --workdir=runs/x [--config.seq_len=200 ...]
 #   ./launch.sh sweep [sweep flags]
@@ -41,7 +41,7 @@ cmd=${1:-help}
 case "$cmd" in
   demo)
     setup core
-    run "$PY" -m experiments.sweep --grid=demo --root="${GATED_RNN_DEMO_DIR:-runs/demo}" "$@"
+    run "$PY" -m experiments.horizon --grid=demo --root="${GATED_RNN_DEMO_DIR:-runs/demo}" "$@"
     ;;
   test)
     setup test

@@ -43,7 +43,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 from absl import app, flags
 
 from experiments import outputs, parallel, report, sweep
-from experiments.configs import recipes
+from experiments.configs import recipes, sweeps
 
 HORIZON_FILE = "horizon.json"
 LR_DIR = "_lr"  # learning-rate selection runs, under the root; the report skips "_" folders
@@ -296,11 +296,14 @@ def _define_flags() -> None:
     flags.DEFINE_integer("steps", None, "train.steps (the budget) of every point")
     flags.DEFINE_integer("num_seeds", None, "seeds per point (vmapped in one run)")
     flags.DEFINE_multi_string("set", [], "dotted.config.field=value for every point")
-    flags.DEFINE_integer("start_len", None, "first length (default: the grid task's first)")
-    flags.DEFINE_float("factor", 2.0, "growth factor of the length while solved (> 1)")
-    flags.DEFINE_float("resolution", 1.25, "bisect until longest solved / shortest failed "
-                       "<= this (> 1)")
-    flags.DEFINE_integer("max_len", 1000, "never train longer sequences than this")
+    flags.DEFINE_integer("start_len", None, "first length (default: the grid task's "
+                         "start_len, else its first seq_len)")
+    flags.DEFINE_float("factor", None, "growth factor of the length while solved (> 1; "
+                       "default: the grid task's, else 2)")
+    flags.DEFINE_float("resolution", None, "bisect until shortest failed / longest solved "
+                       "<= this (> 1; default: the grid task's, else 1.25)")
+    flags.DEFINE_integer("max_len", None, "never train longer sequences than this (default: "
+                         "the grid task's, else 1000)")
     flags.DEFINE_list("lr_grid", None, "pick each cell's learning rate from these at "
                       "--lr_ref_len first (a fair comparison)")
     flags.DEFINE_integer("lr_ref_len", None, "reference length of --lr_grid (default: "
@@ -311,17 +314,25 @@ def _define_flags() -> None:
                       "report from the finished points under --root")
 
 
+_PLAN_DEFAULTS = {"factor": 2.0, "resolution": 1.25, "max_len": 1000}
+
+
 def _plans(grid: dict[str, Any], f: Any) -> dict[str, Plan]:
-    if not f.factor > 1 or not f.resolution > 1:
-        raise ValueError(f"--factor and --resolution: expected > 1, got {f.factor}, "
-                         f"{f.resolution}")
+    """Each task's Plan: the flags, else the grid task's own keys (start_len, factor, resolution,
+    max_len), else the defaults (start: the task's first seq_len)."""
     plans = {}
     for task, spec in grid["tasks"].items():
-        start = f.start_len or spec["seq_lens"][0]
-        if not 1 <= start <= f.max_len:
-            raise ValueError(f"--start_len: expected 1 <= start_len <= --max_len={f.max_len}, "
-                             f"got {start}")
-        plans[task] = Plan(start, f.factor, f.resolution, f.max_len)
+        values = {k: spec.get(k, default) for k, default in _PLAN_DEFAULTS.items()}
+        values["start_len"] = spec.get("start_len", spec["seq_lens"][0])
+        values.update({k: getattr(f, k) for k in values if getattr(f, k) is not None})
+        plan = Plan(**values)
+        if not plan.factor > 1 or not plan.resolution > 1:
+            raise ValueError(f"--factor and --resolution: expected > 1, got {plan.factor}, "
+                             f"{plan.resolution}")
+        if not 1 <= plan.start_len <= plan.max_len:
+            raise ValueError(f"--start_len: expected 1 <= start_len <= --max_len="
+                             f"{plan.max_len}, got {plan.start_len}")
+        plans[task] = plan
     return plans
 
 
@@ -366,8 +377,8 @@ def main(argv: Sequence[str]) -> None:
                               lr_ref_len=f.lr_ref_len) for s in all_searches]
     print(horizon_table(entries))
     print(f"{HORIZON_FILE}: {write_horizons(f.root, entries)}")
-    if any(report.find_results(f.root)):
-        sweep.finish(f.root, ("none",))
+    if any(report.find_results(f.root)):  # the sweep's report and the grid's probes
+        sweep.finish(f.root, sweeps.GRIDS[f.grid].get("probe", ("none",)))
     print(f"horizon search: {time.time() - start:.0f}s", flush=True)
 
 
