@@ -6,9 +6,9 @@
     python -m experiments.horizon --root=runs/horizon_adding --aggregate_only   # after shards
 
 For each search (task, cell, GRU variant, init) it trains at `--start_len`, multiplies T by
-`--factor` while a strict majority of the seeds is solved (never past `--max_len`), then
-bisects (geometric midpoints) between the last solved and the first failed length until their
-ratio is at most `--resolution`. Each length is one sweep point (`experiments/sweep.py`): the same
+`--factor` while a strict majority of the seeds is solved (never past `--max_len`; if the start
+fails, it divides instead, down to T = 2), then bisects (geometric midpoints) between the
+longest solved and the shortest failed length until their ratio is at most `--resolution`. Each length is one sweep point (`experiments/sweep.py`): the same
 workdir layout `ROOT/<task>/<cell>-<init>/T<T>`, `train.stop_when_solved` on (a point ends at the
 first eval with every seed solved), finished points skipped and interrupted ones resumed when
 the command is rerun, and the sweep's report (table, plots) written over the root.
@@ -17,7 +17,7 @@ The search is a pure function of the finished points, so `ROOT/horizon.json` is 
 `result.json` files alone (`--aggregate_only`; sharded runs give the same file as one run). It is
 a list, one entry per search: {task, cell, gru_variant, init, horizon (int or null),
 lower_bound (the longest length tried was solved), complete, budget_steps, num_seeds,
-learning_rate, start_len, factor, resolution, max_len, points: [{seq_len, solved_fraction,
+learning_rate, start_len, factor, resolution, max_len, min_len, points: [{seq_len, solved_fraction,
 steps_to_solve, normalized_loss, final_step}]}.
 
 A fair cell comparison (`--lr_grid=3e-4,1e-3,3e-3 --lr_ref_len=100`): before its search, each
@@ -62,12 +62,13 @@ class Search(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """How lengths are chosen: start, growth factor, bisection resolution, cap."""
+    """How lengths are chosen: start, growth factor, bisection resolution, cap and floor."""
 
     start_len: int
     factor: float
     resolution: float
     max_len: int
+    min_len: int = 2
 
 
 # Outcome of one length: (solved by a strict majority of the seeds, the run's result.json).
@@ -78,7 +79,8 @@ def next_length(plan: Plan, solved: dict[int, bool]) -> Optional[int]:
     """The next length to train, given the outcome at each length tried so far; None when done.
 
     Doubling phase: from `start_len`, times `factor` while every tried length is solved (capped
-    at `max_len`). Bisection phase: the geometric midpoint of the longest solved and the shortest
+    at `max_len`); if the start fails, divided by `factor` until one is solved (not below
+    `min_len`). Bisection phase: the geometric midpoint of the longest solved and the shortest
     failed length, until their ratio is at most `resolution` or no integer lies between them.
     """
     if not solved:
@@ -91,7 +93,10 @@ def next_length(plan: Plan, solved: dict[int, bool]) -> Optional[int]:
         if lo >= plan.max_len:
             return None
         return min(max(int(round(lo * plan.factor)), lo + 1), plan.max_len)
-    if lo is None or hi / lo <= plan.resolution:
+    if lo is None:  # nothing solved yet: shrink
+        down = min(int(hi / plan.factor), hi - 1)
+        return down if down >= plan.min_len else None
+    if hi / lo <= plan.resolution:
         return None
     mid = int(round(math.sqrt(lo * hi)))
     return mid if lo < mid < hi else None
@@ -256,7 +261,7 @@ def horizon_table(entries: Sequence[dict]) -> str:
         cell = e["cell"] if e["gru_variant"] in ("", "reset_after") or e["cell"] != "gru" \
             else f"gru[{e['gru_variant']}]"
         if e["horizon"] is None:
-            text = f"< {e['start_len']}" if e["points"] else "-"
+            text = f"< {min(p['seq_len'] for p in e['points'])}" if e["points"] else "-"
         else:
             text = f">= {e['horizon']}" if e["lower_bound"] else str(e["horizon"])
         if not e["complete"]:

@@ -39,9 +39,11 @@ def test_search_never_exceeds_max_len_and_stops_when_it_is_solved():
     assert _lengths(plan, truth=90) == [10, 20, 40, 80, 120, 98]  # 98 fails, 98/80 < 1.25
 
 
-def test_search_that_fails_at_the_start_has_no_horizon():
+def test_search_that_fails_at_the_start_shrinks_then_bisects():
     plan = horizon.Plan(start_len=50, factor=2, resolution=1.25, max_len=1000)
-    assert _lengths(plan, truth=10) == [50]
+    # 50, 25, 12 fail; 6 solved; sqrt(6*12) = 8 solved; sqrt(8*12) = 10 solved; 12/10 < 1.25.
+    assert _lengths(plan, truth=10) == [50, 25, 12, 6, 8, 10]
+    assert _lengths(plan, truth=1) == [50, 25, 12, 6, 3]  # not below min_len = 2
 
 
 def test_bisection_stops_when_no_integer_lies_between():
@@ -137,13 +139,14 @@ def test_command_line_search_with_the_trainer(tmp_path):
     root = str(tmp_path / "h")
     cmd = [sys.executable, "-m", "experiments.horizon", "--grid=smoke", f"--root={root}",
            "--tasks=adding", "--cells=rnn", "--inits=default", "--num_seeds=1",
-           "--start_len=10", "--max_len=20", "--set=parallel.cpu_devices=1"]
+           "--start_len=4", "--max_len=8", "--set=parallel.cpu_devices=1"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     with open(os.path.join(root, horizon.HORIZON_FILE)) as f:
         (entry,) = json.load(f)
-    tried = [p["seq_len"] for p in entry["points"]]
-    assert tried[0] == 10 and max(tried) <= 20 and entry["complete"]
+    tried = [p["seq_len"] for p in entry["points"]]  # ascending
+    assert 4 in tried and max(tried) <= 8 and entry["complete"]
+    assert all(p["final_step"] <= entry["budget_steps"] for p in entry["points"])
     assert os.path.exists(os.path.join(root, "summary.md"))
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and ": start (" not in again.stdout

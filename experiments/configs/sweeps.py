@@ -4,14 +4,17 @@ A grid is a dict:
   cells, inits, gru_variants, num_seeds: the defaults for every task;
   tasks: {task name: {"seq_lens": (...), "config": {dotted config field: value}, and optionally
          "config_arg" (e.g. "smoke"), "cells"/"inits"/"num_seeds" for that task only}};
-  probe (optional): ("TASK:T", ...), where the gradient-flow probe looks after the report.
+  probe (optional): ("TASK:T", ...), where the gradient-flow probe looks after the report;
+  and, for the horizon search (`experiments/horizon.py`) only, optional per-task start_len,
+  factor, resolution, max_len (its flags override them).
 Each point (task, cell, GRU variant, init, T) runs `experiments/configs/<task>.py` with
 `get_config("<config_arg>,seq_len=T")`, then the grid's "config" values, then the command
 line's overrides.
 Inits that do nothing for a cell (forget_bias and chrono for the tanh RNN) run as its default
 init, once.
 
-    python -m experiments.sweep --grid=demo --root=runs/demo
+    python -m experiments.horizon --grid=demo --root=runs/demo      # ./launch.sh demo
+    python -m experiments.sweep --grid=lengths --root=runs/lengths
     python -m experiments.sweep --grid=papers --root=runs/papers
 """
 
