@@ -37,9 +37,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gated_rnn import checks, gru, layers, lstm, rnn
+from gated_rnn import checks, layers
 
-_CELL_MODULES = {layers.CellType.RNN: rnn, layers.CellType.LSTM: lstm, layers.CellType.GRU: gru}
 _DIRECTIONS = ("fwd", "bwd")
 
 
@@ -78,7 +77,7 @@ def from_flax(tree: Mapping, spec: layers.Spec) -> Any:
       The cell's Params for a cell's tree, else `layers.init`-shaped params (tuple per layer of
       tuple per direction of Params).
     """
-    params_type = _CELL_MODULES[spec.cell].Params
+    params_type = spec.cell_fns.Params
 
     def unpack(fields: Mapping) -> Any:
         fields = {name: value.get_value() if isinstance(value, nnx.Variable) else value
@@ -133,9 +132,9 @@ def _linen_params(module: nn.Module, spec: layers.Spec, layer: int) -> Any:
 
 
 class _LinenCell(nn.RNNCellBase):
-    """What the three linen cells share; `CELL` picks the functional cell."""
+    """What the three linen cells share; `CELL_TYPE` names the cell."""
 
-    CELL: ClassVar[layers.CellType]
+    CELL_TYPE: ClassVar[layers.CellType]
 
     hidden_size: int
     dtype: Any = jnp.float32
@@ -150,8 +149,9 @@ class _LinenCell(nn.RNNCellBase):
     @nn.nowrap
     def spec(self, input_size: int) -> layers.Spec:
         """The one-layer `layers.Spec` of this cell for inputs of size I."""
-        return layers.Spec(cell=self.CELL, input_size=input_size, hidden_size=self.hidden_size,
-                           dtype=self.dtype, init=self.init_scheme, forget_bias=self.forget_bias,
+        return layers.Spec(cell=self.CELL_TYPE, input_size=input_size,
+                           hidden_size=self.hidden_size, dtype=self.dtype,
+                           init=self.init_scheme, forget_bias=self.forget_bias,
                            chrono_max_len=self.chrono_max_len, **self._cell_options())
 
     @nn.compact
@@ -193,7 +193,7 @@ class RNNCell(_LinenCell):
       forget_bias, chrono_max_len: as in `layers.Spec` (unused by the RNN).
     """
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.RNN
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
 
 
 class LSTMCell(_LinenCell):
@@ -210,7 +210,7 @@ class LSTMCell(_LinenCell):
       proj_size: P > 0 projects h to P features (PyTorch's proj_size); 0: none.
     """
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.LSTM
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.LSTM
     proj_size: int = 0
 
     @nn.nowrap
@@ -230,8 +230,8 @@ class GRUCell(_LinenCell):
       gru_variant: "reset_after" (PyTorch, Flax; default) or "reset_before" (Cho et al.); see `gru`.
     """
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.GRU
-    gru_variant: Any = gru.Variant.RESET_AFTER
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.GRU
+    gru_variant: Any = layers.Spec.gru_variant  # Spec's default: RESET_AFTER
 
     @nn.nowrap
     def _cell_options(self) -> dict:
@@ -250,9 +250,9 @@ class _LinenLayerParams(nn.Module):
 
 
 class _LinenStack(nn.Module):
-    """What the three linen stacks share; `CELL` picks the cell."""
+    """What the three linen stacks share; `CELL_TYPE` names the cell."""
 
-    CELL: ClassVar[layers.CellType]
+    CELL_TYPE: ClassVar[layers.CellType]
 
     hidden_size: int
     num_layers: int = 1
@@ -271,11 +271,12 @@ class _LinenStack(nn.Module):
     @nn.nowrap
     def spec(self, input_size: int) -> layers.Spec:
         """The `layers.Spec` of this stack for inputs of size I."""
-        return layers.Spec(cell=self.CELL, input_size=input_size, hidden_size=self.hidden_size,
-                           num_layers=self.num_layers, bidirectional=self.bidirectional,
-                           dropout=self.dropout, init=self.init_scheme,
-                           forget_bias=self.forget_bias, chrono_max_len=self.chrono_max_len,
-                           unroll=self.unroll, dtype=self.dtype, **self._cell_options())
+        return layers.Spec(cell=self.CELL_TYPE, input_size=input_size,
+                           hidden_size=self.hidden_size, num_layers=self.num_layers,
+                           bidirectional=self.bidirectional, dropout=self.dropout,
+                           init=self.init_scheme, forget_bias=self.forget_bias,
+                           chrono_max_len=self.chrono_max_len, dtype=self.dtype,
+                           **self._cell_options())
 
     @nn.compact
     def __call__(self, xs: jax.Array, *, seq_lengths: Optional[jax.Array] = None,
@@ -299,7 +300,7 @@ class _LinenStack(nn.Module):
                        for l in range(spec.num_layers))
         use_dropout = not deterministic and spec.dropout > 0 and spec.num_layers > 1
         return layers.apply(spec, params, xs, seq_lengths=seq_lengths,
-                            initial_carry=initial_carry,
+                            initial_carry=initial_carry, plan=layers.Plan(unroll=self.unroll),
                             dropout_key=self.make_rng("dropout") if use_dropout else None)
 
 
@@ -307,7 +308,7 @@ class RNN(_LinenStack):
     """Linen tanh-RNN stack, like `torch.nn.RNN`. Attributes: the `layers.Spec` fields, with
     `init_scheme` for `init` (input_size is read off the input)."""
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.RNN
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
 
 
 class LSTM(_LinenStack):
@@ -317,7 +318,7 @@ class LSTM(_LinenStack):
     the input). Params: {"layer0_fwd": {"w_x", "w_h", "b"[, "w_hr"]}, "layer0_bwd": ..., ...}.
     """
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.LSTM
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.LSTM
     proj_size: int = 0
 
     @nn.nowrap
@@ -332,8 +333,8 @@ class GRU(_LinenStack):
     the input). Params: {"layer0_fwd": {"w_x", "w_h", "b", "b_hn"}, ...}.
     """
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.GRU
-    gru_variant: Any = gru.Variant.RESET_AFTER
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.GRU
+    gru_variant: Any = layers.Spec.gru_variant  # Spec's default: RESET_AFTER
 
     @nn.nowrap
     def _cell_options(self) -> dict:
@@ -357,9 +358,8 @@ def _nnx_set(module: nnx.Module, params: Any) -> None:
         setattr(module, name, None if value is None else nnx.Param(value))
 
 
-def _nnx_get(module: nnx.Module, cell: layers.CellType) -> Any:
-    """The cell's Params of the current values stored by `_nnx_set`."""
-    params_type = _CELL_MODULES[cell].Params
+def _nnx_get(module: nnx.Module, params_type: type) -> Any:
+    """The cell's Params (of type `params_type`) of the current values stored by `_nnx_set`."""
     return params_type(**{name: None if getattr(module, name) is None
                           else getattr(module, name).get_value()
                           for name in params_type._fields})
@@ -373,25 +373,25 @@ class _NNXLayerParams(nnx.Module):
 
 
 class _NNXCell(nnx.RNNCellBase):
-    """What the three NNX cells share; `CELL` picks the functional cell."""
+    """What the three NNX cells share; `CELL_TYPE` names the cell."""
 
-    CELL: ClassVar[layers.CellType]
+    CELL_TYPE: ClassVar[layers.CellType]
     CELL_OPTIONS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, input_size: int, hidden_size: int, *, rngs: nnx.Rngs,
                  dtype: Any = jnp.float32, init_scheme: Any = layers.Init.DEFAULT,
                  forget_bias: float = 1.0, chrono_max_len: Optional[int] = None,
                  **cell_options):
-        self.spec = layers.Spec(cell=self.CELL, input_size=input_size, hidden_size=hidden_size,
-                                dtype=dtype, init=init_scheme, forget_bias=forget_bias,
-                                chrono_max_len=chrono_max_len,
+        self.spec = layers.Spec(cell=self.CELL_TYPE, input_size=input_size,
+                                hidden_size=hidden_size, dtype=dtype, init=init_scheme,
+                                forget_bias=forget_bias, chrono_max_len=chrono_max_len,
                                 **_check_cell_options(type(self), cell_options))
         _nnx_set(self, layers.init_cell(rngs.params(), self.spec, 0))
 
     @property
     def params(self) -> Any:
         """The functional Params (current values)."""
-        return _nnx_get(self, self.spec.cell)
+        return _nnx_get(self, self.spec.cell_fns.Params)
 
     def __call__(self, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
         """One step: carry with [B, H] fields, x [B, I] -> (carry, y [B, H])."""
@@ -417,14 +417,14 @@ class NNXRNNCell(_NNXCell):
     `layers.init_cell(rngs.params(), spec, 0)`, as attributes w_x, w_h, b.
     """
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.RNN
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
 
 
 class NNXLSTMCell(_NNXCell):
     """NNX LSTM cell for `nnx.RNN`; options as `LSTMCell` (dtype, init_scheme, forget_bias,
     chrono_max_len, proj_size). Params: `layers.init_cell(rngs.params(), spec, 0)`."""
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.LSTM
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.LSTM
     CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("proj_size",)
 
 
@@ -432,14 +432,14 @@ class NNXGRUCell(_NNXCell):
     """NNX GRU cell for `nnx.RNN`; options as `GRUCell` (dtype, init_scheme, forget_bias,
     chrono_max_len, gru_variant). Params: `layers.init_cell(rngs.params(), spec, 0)`."""
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.GRU
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.GRU
     CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("gru_variant",)
 
 
 class _NNXStack(nnx.Module):
-    """What the three NNX stacks share; `CELL` picks the cell."""
+    """What the three NNX stacks share; `CELL_TYPE` names the cell."""
 
-    CELL: ClassVar[layers.CellType]
+    CELL_TYPE: ClassVar[layers.CellType]
     CELL_OPTIONS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, input_size: int, hidden_size: int, *, rngs: nnx.Rngs,
@@ -447,11 +447,13 @@ class _NNXStack(nnx.Module):
                  init_scheme: Any = layers.Init.DEFAULT, forget_bias: float = 1.0,
                  chrono_max_len: Optional[int] = None, unroll: int = 1,
                  dtype: Any = jnp.float32, deterministic: bool = False, **cell_options):
-        self.spec = layers.Spec(cell=self.CELL, input_size=input_size, hidden_size=hidden_size,
-                                num_layers=num_layers, bidirectional=bidirectional,
-                                dropout=dropout, init=init_scheme, forget_bias=forget_bias,
-                                chrono_max_len=chrono_max_len, unroll=unroll, dtype=dtype,
+        self.spec = layers.Spec(cell=self.CELL_TYPE, input_size=input_size,
+                                hidden_size=hidden_size, num_layers=num_layers,
+                                bidirectional=bidirectional, dropout=dropout,
+                                init=init_scheme, forget_bias=forget_bias,
+                                chrono_max_len=chrono_max_len, dtype=dtype,
                                 **_check_cell_options(type(self), cell_options))
+        self.plan = layers.Plan(unroll=unroll)
         for l, layer in enumerate(layers.init(rngs.params(), self.spec)):
             for d, p in enumerate(layer):
                 setattr(self, _layer_name(l, d), _NNXLayerParams(p))
@@ -463,7 +465,8 @@ class _NNXStack(nnx.Module):
     @property
     def params(self) -> tuple:
         """The functional params (as `layers.init` returns them; current values)."""
-        return tuple(tuple(_nnx_get(getattr(self, _layer_name(l, d)), self.spec.cell)
+        params_type = self.spec.cell_fns.Params
+        return tuple(tuple(_nnx_get(getattr(self, _layer_name(l, d)), params_type)
                            for d in range(self.spec.num_directions))
                      for l in range(self.spec.num_layers))
 
@@ -494,7 +497,7 @@ class _NNXStack(nnx.Module):
                 rngs = rngs["dropout"]
             dropout_key = rngs() if isinstance(rngs, nnx.RngStream) else rngs
         return layers.apply(self.spec, self.params, xs, seq_lengths=seq_lengths,
-                            initial_carry=initial_carry, dropout_key=dropout_key)
+                            initial_carry=initial_carry, plan=self.plan, dropout_key=dropout_key)
 
 
 class NNXRNN(_NNXStack):
@@ -504,18 +507,18 @@ class NNXRNN(_NNXStack):
     Params: `layers.init(rngs.params(), spec)`, under "layer0_fwd", "layer0_bwd", ...
     """
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.RNN
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
 
 
 class NNXLSTM(_NNXStack):
     """NNX LSTM stack; options as `NNXRNN` plus proj_size."""
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.LSTM
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.LSTM
     CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("proj_size",)
 
 
 class NNXGRU(_NNXStack):
     """NNX GRU stack; options as `NNXRNN` plus gru_variant."""
 
-    CELL: ClassVar[layers.CellType] = layers.CellType.GRU
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.GRU
     CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("gru_variant",)
