@@ -48,7 +48,7 @@ flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices to create (jax_num_cpu_d
 flags.DEFINE_bool("quick", False, "Tiny sizes and 2 repeats: a smoke run of every row.")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
 
-VARIANTS = {  # name -> scan.run keyword options
+VARIANTS = {  # name -> layers.Plan fields (and data_parallel)
     "auto": {},
     "scan": {"impl": "scan"},
     "fused": {"impl": "fused"},
@@ -138,9 +138,10 @@ def _jax_case(name: str, cell: str, b: int, h: int, t: int, options: dict | None
         from gated_rnn import layers
         if "matmul_dtype" in opts:
             opts["matmul_dtype"] = jnp.dtype(opts["matmul_dtype"])
-        spec = layers.Spec(cell=cell, input_size=h, hidden_size=h, **opts)
+        spec = layers.Spec(cell=cell, input_size=h, hidden_size=h)
+        plan = layers.Plan(**opts)
         params = layers.init(key, spec)
-        apply = lambda p, x: layers.apply(spec, p, x)[0]  # noqa: E731
+        apply = lambda p, x: layers.apply(spec, p, x, plan=plan)[0]  # noqa: E731
     if data_parallel:
         fwd, train = (jax.jit(f) for f in _data_parallel(apply, b))
     else:

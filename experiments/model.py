@@ -21,25 +21,35 @@ from gated_rnn import initializers, layers
 
 
 class Model(NamedTuple):
-    """Static description of the model (hashable)."""
+    """Static description of the model (hashable): the stack, how to run it, the readout."""
 
     spec: layers.Spec
+    plan: layers.Plan
     output_size: int
     readout: tasks.Readout
 
 
-def from_config(config: ml_collections.ConfigDict, task: tasks.Task) -> Model:
-    """Builds the Model from the config's `model` section and the task (strings -> enums here).
+def build(task: tasks.Task, *, cell: Any, gru_variant: Any, hidden_size: int, num_layers: int,
+          init: Any, forget_bias: float, chrono_max_len: int | None, unroll: int) -> Model:
+    """The Model for `task` (strings are accepted for the enums: cell, gru_variant, init).
 
-    Chrono's T_max is the task's input length unless `model.chrono_max_len` is set: no dependency
-    in the input spans more steps than that.
+    Chrono's T_max is the task's input length unless `chrono_max_len` is set: no dependency in
+    the input spans more steps than that.
     """
+    spec = layers.Spec(cell=cell, input_size=task.input_size, hidden_size=hidden_size,
+                       num_layers=num_layers, gru_variant=gru_variant, init=init,
+                       forget_bias=forget_bias,
+                       chrono_max_len=task.length if chrono_max_len is None else chrono_max_len)
+    return Model(spec=spec, plan=layers.Plan(unroll=unroll), output_size=task.output_size,
+                 readout=tasks.Readout(task.readout))
+
+
+def from_config(config: ml_collections.ConfigDict, task: tasks.Task) -> Model:
+    """`build` with the config's `model` fields."""
     m = config.model
-    chrono_max_len = m.chrono_max_len if m.chrono_max_len is not None else task.length
-    spec = layers.Spec(cell=m.cell, input_size=task.input_size, hidden_size=m.hidden_size,
-                       num_layers=m.num_layers, gru_variant=m.gru_variant, init=m.init,
-                       forget_bias=m.forget_bias, chrono_max_len=chrono_max_len, unroll=m.unroll)
-    return Model(spec=spec, output_size=task.output_size, readout=tasks.Readout(task.readout))
+    return build(task, cell=m.cell, gru_variant=m.gru_variant, hidden_size=m.hidden_size,
+                 num_layers=m.num_layers, init=m.init, forget_bias=m.forget_bias,
+                 chrono_max_len=m.chrono_max_len, unroll=m.unroll)
 
 
 def init(key: jax.Array, model: Model) -> dict[str, Any]:
@@ -63,7 +73,7 @@ def apply(model: Model, params: dict[str, Any], inputs: jax.Array) -> jax.Array:
     Returns:
       [B, T, O] outputs at every step (Readout.ALL) or [B, O] at the last step (Readout.LAST).
     """
-    ys, _ = layers.apply(model.spec, params["rnn"], inputs)
+    ys, _ = layers.apply(model.spec, params["rnn"], inputs, plan=model.plan)
     if model.readout is tasks.Readout.LAST:
         ys = ys[:, -1]
     b = params["readout"]["b"]

@@ -6,6 +6,9 @@ a message instead of deep inside a matmul (or, worse, silently broadcasting).
 
 from __future__ import annotations
 
+import enum
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +43,25 @@ def check_carry(carry, expected, *, what: str = "carry") -> None:
                           jax.tree_util.tree_leaves(carry), jax.tree_util.tree_leaves(expected)):
         if np.shape(a) != np.shape(b):
             raise ValueError(f"{what}.{name}: expected shape {np.shape(b)}, got {np.shape(a)}")
+
+
+def check_int(value: Any, what: str, *, minimum: int = 1, optional: bool = False) -> None:
+    """Raises ValueError unless `value` is an integer >= minimum (or None, if `optional`)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{what}: expected {'None or ' if optional else ''}an integer "
+                         f">= {minimum}, got {value!r}")
+
+
+def enum_value(kind: type[enum.Enum], value: Any, what: str) -> enum.Enum:
+    """The member of `kind` that `value` (a member, of any enum, or its value) names; raises
+    ValueError listing the valid values otherwise."""
+    try:
+        return kind(value.value if isinstance(value, enum.Enum) else value)
+    except ValueError:
+        raise ValueError(f"{what}: unknown value {value!r}; valid: "
+                         f"{[v.value for v in kind]}") from None
 
 
 def lift(b: jax.Array, ndim: int) -> jax.Array:

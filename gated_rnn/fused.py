@@ -1,9 +1,9 @@
 """The fast path of `scan.run`: chunked projection, gate blocks, a custom VJP, remat.
 
-A cell qualifies if its step is `update(params, carry, xp, hz)` on the gate blocks of
-`xp = x @ w_x + b` and `hz = carry.h @ w_h`: `rnn`, `lstm` (with or without projection) and the
-RESET_AFTER `gru` (RESET_BEFORE has a second, r-dependent matmul; `scan.run` keeps the plain
-path for it).
+A cell qualifies if its step is `cell.update(params, carry, xp, hz)` on the gate blocks of
+`xp = x @ w_x + b` and `hz = carry.h @ w_h` (the cell protocol, `gated_rnn/__init__.py`): `rnn`,
+`lstm` (with or without projection) and the RESET_AFTER `gru` (RESET_BEFORE has a second,
+r-dependent matmul and no `update`; `scan.run` keeps the plain path for it).
 
 Forward: a scan over chunks of K steps (one chunk, the whole sequence, when T*B <= 4096 rows:
 see `default_chunk_size`). Each chunk projects its inputs in one `[K*B, I] @ [I, G*H]` matmul
@@ -15,8 +15,7 @@ gate). Then it scans the steps, each one matmul `[B, P] @ [P, G*H]` (one, not on
 XLA:CPU spreads a large one over several cores), the bias (added here, where it fuses into the
 update) and the cell's update. Why blocks: a fusion that applies exp/tanh to column slices of
 the step's dynamically sliced input compiled to scalar code on XLA:CPU, as costly as the matmul
-(checked in the generated code; the GRU forward went from 13.4 to 8.2 ms, single thread, at
-B=32, H=128, T=100; the LSTM's step loop from 10.3 to 6.4 ms).
+(checked in the generated code).
 
 Backward (`jax.custom_vjp`): the reverse step loop does only the `[B, G*H] @ [G*H, P]` matmul
 and elementwise work (the update's VJP, recomputed from the stored inputs); the weight
@@ -38,6 +37,7 @@ Arrays here are time-major: xs `[T, B, I]`, mask `[T, B]`, ys `[T, B, P]`.
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
 from typing import Any, NamedTuple, Optional
@@ -46,38 +46,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gated_rnn import gru, lstm, rnn
+from gated_rnn import checks
 
 _ROWS_PER_CHUNK = 1024  # K*B rows per projection matmul without remat (see default_chunk_size)
 _ROWS_WHOLE = 4096  # up to this many T*B rows, one chunk: the whole sequence at once
 
 
-def update_fn(cell: Any):
-    """The cell's `update(params, carry, xp, hz)`, or None if its step has no such split."""
-    if isinstance(cell, gru.Cell):
-        return gru.update if cell.variant is gru.Variant.RESET_AFTER else None
-    return getattr(cell, "update", None)
-
-
 def supports(cell: Any) -> bool:
-    """Whether `run` can take this cell (see the module docstring)."""
-    return update_fn(cell) is not None
+    """Whether `run` can take this cell: it has an `update(params, carry, xp, hz)` split."""
+    return getattr(cell, "update", None) is not None
 
 
 def _blocks(cell: Any, a: jax.Array) -> tuple:
     """a `[..., G*H]` split by columns into the blocks the cell's `update` takes (its `BLOCKS`,
     in units of H)."""
-    sizes = gru.BLOCKS if isinstance(cell, gru.Cell) else cell.BLOCKS
+    sizes = cell.BLOCKS
     if len(sizes) == 1:
         return (a,)
     unit = a.shape[-1] // sum(sizes)
     return tuple(jnp.split(a, unit * np.cumsum(sizes)[:-1], axis=-1))
-
-
-def _reads_sum(cell: Any) -> bool:
-    """Whether the cell's update reads each block pair only as xp + hz (then dxp == dhz, and
-    the backward pass stores and returns one block per gate and step instead of two)."""
-    return cell is lstm or cell is rnn
 
 
 def default_chunk_size(num_steps: int, batch_size: int, *, remat: bool) -> int:
@@ -85,9 +72,9 @@ def default_chunk_size(num_steps: int, batch_size: int, *, remat: bool) -> int:
     about 1024 / B (so each chunk's projection is a ~1024-row matmul). A divisor of T near the
     target is preferred (no tail).
 
-    Measured at B=32, H=128 (LSTM training step, 2 cores): T=100 one chunk 26.0 ms, K=25
-    28.9 ms (the chunk loop's stacked residuals cost a zero-fill and a copy); T=1000 K=25
-    321 ms, K=100 341 ms (fresh pages of a large buffer).
+    Why one chunk while it fits: the chunk loop's stacked residuals cost a zero-fill and a
+    copy. Why chunks for long sequences: the fresh pages of one large buffer cost more than
+    hoisting the whole projection saves.
     """
     if num_steps <= 1:
         return 1
@@ -120,7 +107,7 @@ def _matmul(a: jax.Array, w: jax.Array, dtype) -> jax.Array:
 
 def _project(s: _Static, params: Any, x: jax.Array) -> jax.Array:
     """`x @ w_x` `[..., G*H]`. The bias is added in the step loop, where it fuses into the
-    update (a separate pass over the chunk's projection cost ~3% of a training step)."""
+    update (a separate pass would read and write the chunk's whole projection once more)."""
     return _matmul(x, params.w_x, s.matmul_dtype)
 
 
@@ -136,7 +123,7 @@ def _rest(params: Any) -> Any:
 
 
 def _masked_update(s: _Static, rest, carry, xp, hz, m):
-    new, y = update_fn(s.cell)(rest, carry, xp, hz)
+    new, y = s.cell.update(rest, carry, xp, hz)
     if m is None:
         return new, y
     m = m[:, None]
@@ -149,10 +136,9 @@ def _scan(body, carry, xs, *, reverse: bool = False, unroll: int = 1):
     of xs and of the stacked outputs itself.
 
     Why: under `vmap` (many seeds in one step) `lax.scan` moves the vmapped axis of every
-    input and output behind the time axis, a transpose of each whole array (of the
-    `[S, K, B, G*H]` projection: ~13% of a vmapped LSTM training step at S=16, B=32, H=128,
-    T=100, on one core); here the vmapped axis stays first and each step reads and writes a
-    strided slice.
+    input and output behind the time axis, a transpose of each whole array (the largest, the
+    `[S, K, B, G*H]` projection); here the vmapped axis stays first and each step reads and
+    writes a strided slice.
     """
     length = jax.tree_util.tree_leaves(xs)[0].shape[0]
     index = lambda a, t: jax.lax.dynamic_index_in_dim(a, t, 0, keepdims=False)  # noqa: E731
@@ -171,11 +157,12 @@ def _scan(body, carry, xs, *, reverse: bool = False, unroll: int = 1):
     return jax.lax.fori_loop(0, length, step, (carry, ys), unroll=unroll)
 
 
-def _chunk(s: _Static, params, carry, x, m, keep: bool):
+def _chunk(s: _Static, params, carry, x, m, keep_steps: bool):
     """K steps from `carry`: x [K, B, I], m [K, B] or None. Returns (carry, ys, residuals).
 
-    The residuals are what the backward step needs: per step the carry before it and the
-    update's inputs (the blocks of xp + hz, or of xp and of hz).
+    The residuals (None unless `keep_steps`) are what the backward step needs: per step the
+    carry before it and the update's inputs (the blocks of xp + hz if the cell's
+    `UPDATE_READS_SUM`, else those of xp and of hz).
     """
     # One matmul for the chunk, then the column blocks `update` takes (for the GRU, per-gate
     # copies outside the step loop, so that no fusion in it reads column slices of the step's
@@ -189,14 +176,14 @@ def _chunk(s: _Static, params, carry, x, m, keep: bool):
         xp_t = tuple(a + c for a, c in zip(xp_t, bias))
         hz = _recurrent(s, params.w_h, carry.h)
         new, y = _masked_update(s, rest, carry, xp_t, hz, m_t)
-        if not keep:
+        if not keep_steps:
             return new, y
-        if _reads_sum(s.cell):
+        if s.cell.UPDATE_READS_SUM:
             return new, (y, (carry, tuple(a + c for a, c in zip(xp_t, hz))))
         return new, (y, (carry, xp_t, hz))
 
     carry, out = _scan(body, carry, (xp, m), reverse=s.reverse, unroll=s.unroll)
-    return (carry, out, None) if not keep else (carry, *out)
+    return (carry, *out) if keep_steps else (carry, out, None)
 
 
 def _chunked(a, k: int):
@@ -207,12 +194,21 @@ def _unchunked(a):
     return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])
 
 
-def _forward(s: _Static, params, carry, xs, mask, keep: str):
-    """keep: 'none', 'steps' (every step's residuals) or 'starts' (the carry at chunk starts)."""
+class _Keep(enum.Enum):
+    """What `_forward` keeps for the backward pass, per chunk."""
+
+    NOTHING = enum.auto()  # the primal call: no backward pass
+    STEPS = enum.auto()    # every step's residuals (see `_chunk`)
+    STARTS = enum.auto()   # the carry at the chunk's start (remat: steps recomputed backward)
+
+
+def _forward(s: _Static, params, carry, xs, mask, keep: _Keep):
+    """The scan over chunks: (final carry, ys [T, B, P], what `keep` says, stacked by chunk)."""
     def outer(carry, inp):
         x, m = inp
-        new, ys, res = _chunk(s, params, carry, x, m, keep == "steps")
-        return new, (ys, res if keep == "steps" else carry if keep == "starts" else None)
+        new, ys, res = _chunk(s, params, carry, x, m, keep is _Keep.STEPS)
+        saved = {_Keep.NOTHING: None, _Keep.STEPS: res, _Keep.STARTS: carry}[keep]
+        return new, (ys, saved)
 
     carry, (ys, saved) = _scan(outer, carry, (_chunked(xs, s.chunk_size),
                                               _chunked(mask, s.chunk_size)), reverse=s.reverse)
@@ -221,7 +217,7 @@ def _forward(s: _Static, params, carry, xs, mask, keep: str):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _run(s: _Static, params, carry, xs, mask):
-    carry, ys, _ = _forward(s, params, carry, xs, mask, "none")
+    carry, ys, _ = _forward(s, params, carry, xs, mask, _Keep.NOTHING)
     return carry, ys
 
 
@@ -231,7 +227,8 @@ def _run_fwd(s: _Static, params, carry, xs, mask):
     value = lambda t: jax.tree_util.tree_map(lambda a: a.value, t, is_leaf=is_primal)  # noqa: E731
     params, carry, xs_perturbed, xs, mask = (value(params), value(carry), xs.perturbed,
                                              xs.value, value(mask))
-    carry_out, ys, saved = _forward(s, params, carry, xs, mask, "starts" if s.remat else "steps")
+    keep = _Keep.STARTS if s.remat else _Keep.STEPS
+    carry_out, ys, saved = _forward(s, params, carry, xs, mask, keep)
     # An empty array (vs None) tells the backward pass, by structure, to compute dxs.
     want_dxs = jnp.zeros((0,), xs.dtype) if xs_perturbed else None
     return (carry_out, ys), (params, xs, mask, saved, want_dxs)
@@ -249,56 +246,75 @@ def _tree_add(a, b):
     return jax.tree_util.tree_map(jnp.add, a, b)
 
 
+# The backward pass. Step t of the forward pass computed, from the carry c_{t-1} (with h_{t-1}):
+#     xp_t = x_t @ w_x + b        hz_t = h_{t-1} @ w_h
+#     (c_t, y_t) = update(rest, c_{t-1}, xp_t, hz_t)     (c_t = c_{t-1}, y_t = 0 where m_t = 0)
+# With dc_t the cotangent of c_t (from step t + 1, or of the final carry) and dy_t that of y_t,
+# the reverse loop (`_step_bwd`, t from last to first) computes
+#     (drest_t, dc'_{t-1}, dxp_t, dhz_t) = VJP of `update` at its stored inputs, of (dc_t, dy_t)
+#     dc_{t-1} = dc'_{t-1} with dh_{t-1} = dh'_{t-1} + dhz_t @ w_h^T
+# (a cell whose update reads only a_t = xp_t + hz_t has dxp_t = dhz_t = da_t: one is stored).
+# E.g. the LSTM, a = [a_i, a_f, a_g, a_o], dh = dy_t + dh_t, tc = tanh(c_t):
+#     do = dh * tc           dc = dc_t + dh * o * (1 - tc^2)
+#     di = dc * g   df = dc * c_{t-1}   dg = dc * i   dc'_{t-1} = dc * f
+#     da = [di i (1 - i), df f (1 - f), dg (1 - g^2), do o (1 - o)]
+# Then once per chunk (`_chunk_bwd`), over its K*B rows as long matmuls:
+#     dw_h += H_prev^T dHZ     dw_x += X^T dXP     db += sum_rows dXP     dx_t = dxp_t @ w_x^T
+# and drest (e.g. the GRU's b_hn, the LSTM's w_hr) is the sum of drest_t.
+
+
+def _step_bwd(s: _Static, rest, w_h, acc, inp):
+    """One step of the reverse loop (equations above): acc = (dc_t, drest so far)."""
+    d_carry, d_rest = acc
+    res_t, m_t, dy_t = inp
+    sums = s.cell.UPDATE_READS_SUM
+    if sums:
+        c_t, pre_t = res_t
+        zeros = tuple(jnp.zeros_like(a) for a in pre_t)
+        _, vjp = jax.vjp(lambda r, c, a: _masked_update(s, r, c, a, zeros, m_t),
+                         rest, c_t, pre_t)
+        dr, dc, dxp = vjp((d_carry, dy_t))
+        dhz = dxp
+    else:
+        _, vjp = jax.vjp(lambda r, c, a, z: _masked_update(s, r, c, a, z, m_t), rest, *res_t)
+        dr, dc, dxp, dhz = vjp((d_carry, dy_t))
+    dhz = jnp.concatenate(dhz, axis=-1)
+    dxp = dhz if sums else jnp.concatenate(dxp, axis=-1)
+    dc = dc._replace(h=dc.h + _matmul(dhz, w_h.T, s.matmul_dtype))
+    return (dc, _tree_add(d_rest, dr)), (dxp, None if sums else dhz)
+
+
+def _chunk_bwd(s: _Static, params, rest, want_dxs, acc, inp):
+    """One chunk of the backward pass (last chunk first): its reverse step loop, then its
+    weight gradients and dx (equations above)."""
+    d_carry, d_w_h, d_w_x, d_b, d_rest = acc
+    x, m, dy, saved_chunk = inp
+    res = _chunk(s, params, saved_chunk, x, m, True)[2] if s.remat else saved_chunk
+    step = functools.partial(_step_bwd, s, rest, params.w_h)
+    (d_carry, d_rest), (dxps, dhzs) = _scan(
+        step, (d_carry, d_rest), (res, m, dy), reverse=not s.reverse, unroll=s.unroll)
+    dhzs = dxps if s.cell.UPDATE_READS_SUM else dhzs
+    # Each written as A^T B: XLA:CPU then reads both operands in place (the VJP of `x @ w_x`
+    # transposed dZ first, a copy of [K*B, G*H]).
+    d_w_h = d_w_h + _matmul(_unchunked(res[0].h).T, _unchunked(dhzs), s.matmul_dtype)
+    dz = _unchunked(dxps)
+    d_w_x = d_w_x + _matmul(_unchunked(x).T, dz, s.matmul_dtype)
+    d_b = d_b + jnp.sum(dz, axis=0)
+    dx = None if want_dxs is None else _matmul(dxps, params.w_x.T, s.matmul_dtype)
+    return (d_carry, d_w_h, d_w_x, d_b, d_rest), dx
+
+
 def _run_bwd(s: _Static, res, cts):
     params, xs, mask, saved, want_dxs = res
     d_carry, d_ys = _instantiate(cts)
     k = s.chunk_size
     rest = _rest(params)
-    sums = _reads_sum(s.cell)
-
-    def outer(acc, inp):
-        d_carry, d_w_h, d_w_x, d_b, d_rest = acc
-        x, m, dy, saved_chunk = inp
-        res = _chunk(s, params, saved_chunk, x, m, True)[2] if s.remat else saved_chunk
-
-        def inner(acc, inp):
-            d_carry, d_rest = acc
-            res_t, m_t, dy_t = inp
-            if sums:
-                c_t, pre_t = res_t
-                zeros = tuple(jnp.zeros_like(a) for a in pre_t)
-                _, vjp = jax.vjp(lambda r, c, a: _masked_update(s, r, c, a, zeros, m_t),
-                                 rest, c_t, pre_t)
-                dr, dc, dxp = vjp((d_carry, dy_t))
-                dhz = dxp
-            else:
-                _, vjp = jax.vjp(lambda r, c, a, z: _masked_update(s, r, c, a, z, m_t),
-                                 rest, *res_t)
-                dr, dc, dxp, dhz = vjp((d_carry, dy_t))
-            dhz = jnp.concatenate(dhz, axis=-1)
-            dxp = dhz if sums else jnp.concatenate(dxp, axis=-1)
-            dc = dc._replace(h=dc.h + _matmul(dhz, params.w_h.T, s.matmul_dtype))
-            return (dc, _tree_add(d_rest, dr)), (dxp, None if sums else dhz)
-
-        (d_carry, d_rest), (dxps, dhzs) = _scan(
-            inner, (d_carry, d_rest), (res, m, dy), reverse=not s.reverse, unroll=s.unroll)
-        dhzs = dxps if sums else dhzs
-        # The weight gradients of the whole chunk: [K*B]-long matmuls, each written as
-        # A^T B (XLA:CPU then reads both operands in place; the VJP of `x @ w_x` transposed
-        # dZ first, a copy of [K*B, G*H]).
-        d_w_h = d_w_h + _matmul(_unchunked(res[0].h).T, _unchunked(dhzs), s.matmul_dtype)
-        dz = _unchunked(dxps)
-        d_w_x = d_w_x + _matmul(_unchunked(x).T, dz, s.matmul_dtype)
-        d_b = d_b + jnp.sum(dz, axis=0)
-        dx = None if want_dxs is None else _matmul(dxps, params.w_x.T, s.matmul_dtype)
-        return (d_carry, d_w_h, d_w_x, d_b, d_rest), dx
-
     zeros = lambda t: jax.tree_util.tree_map(jnp.zeros_like, t)  # noqa: E731
     init = (d_carry, jnp.zeros_like(params.w_h), jnp.zeros_like(params.w_x),
             jnp.zeros_like(params.b), zeros(rest))
     (d_carry, d_w_h, d_w_x, d_b, d_rest), dxs = _scan(
-        outer, init, (_chunked(xs, k), _chunked(mask, k), _chunked(d_ys, k), saved),
-        reverse=not s.reverse)
+        functools.partial(_chunk_bwd, s, params, rest, want_dxs), init,
+        (_chunked(xs, k), _chunked(mask, k), _chunked(d_ys, k), saved), reverse=not s.reverse)
     d_params = params._replace(
         w_x=d_w_x, b=d_b, w_h=d_w_h,
         **{f: getattr(d_rest, f) for f in params._fields if f not in ("w_x", "w_h", "b")})
@@ -332,10 +348,9 @@ def run(cell: Any, params: Any, xs: jax.Array, carry: Any, mask: Optional[jax.Ar
     if not supports(cell):
         raise ValueError(f"fused.run: cell {cell!r} has no update(params, carry, xp, hz) split; "
                          "supported: rnn, lstm, gru.cell('reset_after')")
+    checks.check_int(chunk_size, "chunk_size", optional=True)
     num_steps, batch = xs.shape[:2]
     k = default_chunk_size(num_steps, batch, remat=remat) if chunk_size is None else chunk_size
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"chunk_size: expected None or an integer >= 1, got {chunk_size!r}")
     k = min(int(k), max(num_steps, 1))
     statics = lambda k: _Static(cell, bool(reverse), int(unroll), k, bool(remat),  # noqa: E731
                                 None if matmul_dtype is None else jnp.dtype(matmul_dtype))

@@ -42,8 +42,15 @@ import jax.numpy as jnp
 
 from gated_rnn import checks, initializers
 
+# What the rest of the library reads about this cell (the protocol: `gated_rnn/__init__.py`).
+# The module itself is the RESET_AFTER cell; `cell(variant)` binds either variant.
 NUM_GATES = 3
 BLOCKS = (1, 1, 1)  # `update` takes xp and hz as (r, z, n) blocks of H columns
+UPDATE_READS_SUM = False  # `update` reads h_n apart from x_n (inside r * (...))
+INITIALIZERS = ("kernel_init", "recurrent_init", "bias_init", "candidate_bias_init")
+SUPPORTS_PROJ = False
+TORCH_NAME = "GRU"  # RESET_AFTER only
+TORCH_HH_BIASES = (("b_hn", 2),)  # b_hn is block 2 (n) of PyTorch's bias_hh, kept apart
 
 
 class Variant(enum.Enum):
@@ -155,16 +162,54 @@ def flip_update_gate(params: Params) -> Params:
                            b=params.b * sign)
 
 
+def _keep_sign(variant: Variant) -> float:
+    """+1 where z keeps the state (RESET_AFTER: sigma(+b) -> keep), -1 where it takes it."""
+    return 1.0 if variant is Variant.RESET_AFTER else -1.0
+
+
+def forget_bias_init(value: float, *, variant: Variant = Variant.RESET_AFTER
+                     ) -> initializers.Initializer:
+    """Bias `[3H]` with z at `value` towards keeping the state (`layers.Init.FORGET_BIAS`)."""
+    return initializers.gate_constant(gate=1, num_gates=NUM_GATES,
+                                      value=_keep_sign(variant) * value)
+
+
+def chrono_bias_init(max_len: int, *, variant: Variant = Variant.RESET_AFTER
+                     ) -> initializers.Initializer:
+    """Chrono bias `[3H]` on z, keep direction, for T_max = max_len (`layers.Init.CHRONO`)."""
+    return initializers.chrono_gru(max_len, keep_gate_sign=_keep_sign(variant))
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """The GRU functions with the variant bound, usable wherever a cell module is."""
+    """The GRU with its variant bound: a cell like the `rnn` and `lstm` modules (same protocol).
+
+    RESET_BEFORE has no `update` split (a second, r-dependent matmul) and no PyTorch name.
+    """
 
     variant: Variant = Variant.RESET_AFTER
 
+    Params = Params
+    Carry = Carry
+    NUM_GATES = NUM_GATES
+    BLOCKS = BLOCKS
+    UPDATE_READS_SUM = UPDATE_READS_SUM
+    INITIALIZERS = INITIALIZERS
+    SUPPORTS_PROJ = SUPPORTS_PROJ
+    TORCH_HH_BIASES = TORCH_HH_BIASES
     init_params = staticmethod(init_params)
     init_carry = staticmethod(init_carry)
     zero_carry = staticmethod(zero_carry)
     project = staticmethod(project)
+
+    @property
+    def update(self):
+        """`update` for RESET_AFTER; None for RESET_BEFORE (no split: `scan.run` uses SCAN)."""
+        return update if self.variant is Variant.RESET_AFTER else None
+
+    @property
+    def TORCH_NAME(self) -> str | None:  # noqa: N802 (a constant of the cell, as in the modules)
+        return TORCH_NAME if self.variant is Variant.RESET_AFTER else None
 
     def recur(self, params: Params, carry: Carry, xp: jax.Array) -> tuple[Carry, jax.Array]:
         return recur(params, carry, xp, variant=self.variant)
@@ -172,11 +217,13 @@ class Cell:
     def step(self, params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
         return step(params, carry, x, variant=self.variant)
 
+    def forget_bias_init(self, value: float) -> initializers.Initializer:
+        return forget_bias_init(value, variant=self.variant)
+
+    def chrono_bias_init(self, max_len: int) -> initializers.Initializer:
+        return chrono_bias_init(max_len, variant=self.variant)
+
 
 def cell(variant: Variant | str = Variant.RESET_AFTER) -> Cell:
     """A GRU cell object for `scan.run` and `layers`, e.g. `gru.cell("reset_before")`."""
-    try:
-        return Cell(Variant(variant))
-    except ValueError:
-        raise ValueError(f"gru variant: unknown {variant!r}; valid: "
-                         f"{[v.value for v in Variant]}") from None
+    return Cell(checks.enum_value(Variant, variant, "gru variant"))

@@ -38,22 +38,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gated_rnn import gru, layers, lstm, rnn
-
-_NUM_GATES = {layers.CellType.RNN: rnn.NUM_GATES, layers.CellType.LSTM: lstm.NUM_GATES,
-              layers.CellType.GRU: gru.NUM_GATES}
-_PARAMS = {layers.CellType.RNN: rnn.Params, layers.CellType.LSTM: lstm.Params,
-           layers.CellType.GRU: gru.Params}
+from gated_rnn import layers
 
 
 def _check_spec(spec: layers.Spec, fn: str) -> None:
     if not isinstance(spec, layers.Spec):
         raise ValueError(f"interop.{fn}: spec must be a layers.Spec, got {type(spec).__name__}")
-    if spec.cell is layers.CellType.GRU and spec.gru_variant is not gru.Variant.RESET_AFTER:
+    if spec.cell_fns.TORCH_NAME is None:
         raise ValueError(
-            f"interop.{fn}: gru_variant={spec.gru_variant.value!r} has no PyTorch counterpart "
-            f"(nn.GRU computes the reset-after form, n = tanh(W_n x + b_in + r * (U_n h + "
-            f"b_hn))); use gru_variant='reset_after'")
+            f"interop.{fn}: cell={spec.cell.value!r} with gru_variant={spec.gru_variant.value!r} "
+            f"has no PyTorch counterpart (nn.RNN, nn.LSTM and nn.GRU compute our rnn, lstm and "
+            f"reset-after gru: n = tanh(W_n x + b_in + r * (U_n h + b_hn)))")
     if spec.dtype.kind != "f":
         raise ValueError(f"interop.{fn}: spec.dtype must be floating, got {spec.dtype.name}")
 
@@ -64,9 +59,10 @@ def _suffix(layer: int, direction: int) -> str:
 
 def _torch_shapes(spec: layers.Spec, layer: int, direction: int) -> dict[str, tuple]:
     """PyTorch's key -> (shape, layout) for one direction of one layer, in PyTorch's order."""
-    gh = _NUM_GATES[spec.cell] * spec.hidden_size
+    num_gates = spec.cell_fns.NUM_GATES
+    gh = num_gates * spec.hidden_size
     h, p, i = spec.hidden_size, spec.proj_size or spec.hidden_size, spec.layer_input_size(layer)
-    g = {layers.CellType.RNN: "", layers.CellType.LSTM: "4", layers.CellType.GRU: "3"}[spec.cell]
+    g = "" if num_gates == 1 else str(num_gates)
     in_name = "I" if layer == 0 else ("P" if spec.proj_size else "H") + " * directions"
     s = _suffix(layer, direction)
     shapes = {f"weight_ih{s}": ((gh, i), f"[{g}H, {in_name}]"),
@@ -146,40 +142,42 @@ def from_torch(state_dict: Mapping[str, Any], spec: layers.Spec) -> tuple:
             f"proj_size={spec.proj_size}): missing keys {missing}, unexpected keys {unexpected}"
             + (" (a bias=False module has no bias keys: add zero biases)"
                if not any(k.startswith("bias_") for k in state_dict) else ""))
-    dtype = spec.dtype
-    h = spec.hidden_size
-    params = []
-    for l in range(spec.num_layers):
-        directions = []
-        for d in range(spec.num_directions):
-            arrays = {}
-            for k, (shape, layout) in _torch_shapes(spec, l, d).items():
-                a = _to_numpy(state_dict[k], dtype, f"interop.from_torch {k}")
-                if a.shape != shape:
-                    raise ValueError(f"interop.from_torch: {k}: expected shape {shape} "
-                                     f"{layout} with {_sizes(spec)}, got {a.shape}")
-                arrays[k[:k.index("_l")]] = a
-            b = arrays["bias_ih"] + arrays["bias_hh"]
-            fields = dict(w_x=arrays["weight_ih"].T, w_h=arrays["weight_hh"].T, b=b)
-            if spec.cell is layers.CellType.GRU:
-                # b_hn stays apart: it sits inside r * (U_n h + b_hn).
-                fields["b"] = np.concatenate([b[:2 * h], arrays["bias_ih"][2 * h:]])
-                fields["b_hn"] = arrays["bias_hh"][2 * h:]
-            if spec.proj_size:
-                fields["w_hr"] = arrays["weight_hr"].T
-            fields = {k: _to_jax(np.ascontiguousarray(v), dtype, "from_torch")
-                      for k, v in fields.items()}
-            directions.append(_PARAMS[spec.cell](**fields))
-        params.append(tuple(directions))
-    return tuple(params)
+    return tuple(tuple(_from_torch_one(state_dict, spec, l, d)
+                       for d in range(spec.num_directions))
+                 for l in range(spec.num_layers))
+
+
+def _gate(spec: layers.Spec, gate: int) -> slice:
+    """The columns of gate block `gate` in a `[G*H]` bias."""
+    return slice(gate * spec.hidden_size, (gate + 1) * spec.hidden_size)
+
+
+def _from_torch_one(state_dict: Mapping[str, Any], spec: layers.Spec, layer: int,
+                    direction: int) -> Any:
+    """The cell Params of one layer and direction of a (checked) state dict."""
+    arrays = {}
+    for k, (shape, layout) in _torch_shapes(spec, layer, direction).items():
+        a = _to_numpy(state_dict[k], spec.dtype, f"interop.from_torch {k}")
+        if a.shape != shape:
+            raise ValueError(f"interop.from_torch: {k}: expected shape {shape} "
+                             f"{layout} with {_sizes(spec)}, got {a.shape}")
+        arrays[k[:k.index("_l")]] = a
+    fields = dict(w_x=arrays["weight_ih"].T, w_h=arrays["weight_hh"].T,
+                  b=arrays["bias_ih"] + arrays["bias_hh"])
+    for name, gate in spec.cell_fns.TORCH_HH_BIASES:
+        # This block of bias_hh stays apart (the GRU's b_hn sits inside r * (U_n h + b_hn)).
+        fields["b"][_gate(spec, gate)] = arrays["bias_ih"][_gate(spec, gate)]
+        fields[name] = arrays["bias_hh"][_gate(spec, gate)]
+    if spec.proj_size:
+        fields["w_hr"] = arrays["weight_hr"].T
+    return spec.cell_fns.Params(**{k: _to_jax(np.ascontiguousarray(v), spec.dtype, "from_torch")
+                                   for k, v in fields.items()})
 
 
 def _param_shapes(spec: layers.Spec, layer: int) -> dict[str, Optional[tuple]]:
     """Field -> shape of one direction's cell Params (None: the field is None)."""
-    gh = _NUM_GATES[spec.cell] * spec.hidden_size
-    h, p = spec.hidden_size, spec.proj_size or spec.hidden_size
-    return dict(w_x=(spec.layer_input_size(layer), gh), w_h=(p, gh), b=(gh,), b_hn=(h,),
-                w_hr=(h, p) if spec.proj_size else None)
+    shapes = jax.eval_shape(lambda key: layers.init_cell(key, spec, layer), jax.random.key(0))
+    return {name: None if a is None else a.shape for name, a in shapes._asdict().items()}
 
 
 def _check_params(params: Any, spec: layers.Spec) -> None:
@@ -191,15 +189,16 @@ def _check_params(params: Any, spec: layers.Spec) -> None:
                if isinstance(params, (tuple, list)) else type(params).__name__)
         raise ValueError(f"interop.to_torch: params must hold num_layers={spec.num_layers} "
                          f"layers of {spec.num_directions} direction(s); got {got}")
-    kind = _PARAMS[spec.cell]
+    kind = spec.cell_fns.Params
     for l, layer in enumerate(params):
+        shapes = _param_shapes(spec, l)
         for d, p in enumerate(layer):
             if not isinstance(p, kind):
                 raise ValueError(f"interop.to_torch: params[{l}][{d}] must be "
                                  f"{kind.__module__}.Params for cell={spec.cell.value}, got "
                                  f"{type(p).__module__}.{type(p).__name__}")
             for name in kind._fields:
-                a, e = getattr(p, name), _param_shapes(spec, l)[name]
+                a, e = getattr(p, name), shapes[name]
                 if (a is None) != (e is None) or (e is not None and np.shape(a) != e):
                     raise ValueError(
                         f"interop.to_torch: params[{l}][{d}].{name}: expected shape {e} with "
@@ -226,15 +225,15 @@ def to_torch(params: tuple, spec: layers.Spec, *,
     _check_spec(spec, "to_torch")
     _check_params(params, spec)
     dtype = spec.dtype
-    h = spec.hidden_size
     out = {}
     for l in range(spec.num_layers):
         for d in range(spec.num_directions):
             p = params[l][d]
             b = _to_numpy(p.b, dtype, f"params[{l}][{d}].b")
             bias_hh = np.zeros_like(b)
-            if spec.cell is layers.CellType.GRU:
-                bias_hh[2 * h:] = _to_numpy(p.b_hn, dtype, f"params[{l}][{d}].b_hn")
+            for name, gate in spec.cell_fns.TORCH_HH_BIASES:
+                bias_hh[_gate(spec, gate)] = _to_numpy(getattr(p, name), dtype,
+                                                       f"params[{l}][{d}].{name}")
             s = _suffix(l, d)
             out[f"weight_ih{s}"] = _to_numpy(p.w_x, dtype, f"params[{l}][{d}].w_x").T
             out[f"weight_hh{s}"] = _to_numpy(p.w_h, dtype, f"params[{l}][{d}].w_h").T
@@ -258,13 +257,14 @@ def carry_from_torch(h: Any, c: Any = None, *, spec: layers.Spec) -> tuple:
       carries[layer][direction]: `lstm.Carry(h, c)`, or `gru.Carry(h)` / `rnn.Carry(h)`.
     """
     _check_spec(spec, "carry_from_torch")
-    is_lstm = spec.cell is layers.CellType.LSTM
-    if is_lstm == (c is None):
+    carry_type = spec.cell_fns.Carry
+    has_c = "c" in carry_type._fields  # the LSTM's cell state
+    if has_c == (c is None):
         raise ValueError(f"interop.carry_from_torch: cell={spec.cell.value} "
-                         + ("needs c (c_0 / c_n)" if is_lstm else "takes no c"))
+                         + ("needs c (c_0 / c_n)" if has_c else "takes no c"))
     rows = spec.num_layers * spec.num_directions
     states = {"h": (h, spec.proj_size or spec.hidden_size)}
-    if is_lstm:
+    if has_c:
         states["c"] = (c, spec.hidden_size)
     arrays = {}
     for name, (value, size) in states.items():
@@ -274,14 +274,13 @@ def carry_from_torch(h: Any, c: Any = None, *, spec: layers.Spec) -> tuple:
                              f"({rows}, B, {size}) [num_layers * directions, B, "
                              f"{'P' if name == 'h' and spec.proj_size else 'H'}], got {a.shape}")
         arrays[name] = a
-    if is_lstm and arrays["h"].shape[1] != arrays["c"].shape[1]:
+    if has_c and arrays["h"].shape[1] != arrays["c"].shape[1]:
         raise ValueError(f"interop.carry_from_torch: h and c batch sizes differ: "
                          f"{arrays['h'].shape} vs {arrays['c'].shape}")
-    kind = {layers.CellType.RNN: rnn.Carry, layers.CellType.LSTM: lstm.Carry,
-            layers.CellType.GRU: gru.Carry}[spec.cell]
     return tuple(
-        tuple(kind(**{n: _to_jax(a[l * spec.num_directions + d], spec.dtype, "carry_from_torch")
-                      for n, a in arrays.items()})
+        tuple(carry_type(**{n: _to_jax(a[l * spec.num_directions + d], spec.dtype,
+                                       "carry_from_torch")
+                            for n, a in arrays.items()})
               for d in range(spec.num_directions))
         for l in range(spec.num_layers))
 
@@ -305,7 +304,7 @@ def carry_to_torch(carries: tuple, spec: layers.Spec, *,
     if not ok:
         raise ValueError(f"interop.carry_to_torch: carries must hold num_layers="
                          f"{spec.num_layers} layers of {spec.num_directions} direction(s)")
-    names = ("h", "c") if spec.cell is layers.CellType.LSTM else ("h",)
+    names = spec.cell_fns.Carry._fields  # PyTorch's h_n, then c_n for the LSTM
     out = []
     for name in names:
         rows = [_to_numpy(getattr(carry, name), spec.dtype, f"carries[{l}][{d}].{name}")

@@ -1,23 +1,29 @@
 """Stacks of recurrent layers, like PyTorch's `nn.LSTM` / `nn.GRU` / `nn.RNN`.
 
-A `Spec` (frozen, hashable: usable as a `jax.jit` static argument) describes the stack;
-`init(key, spec)` draws its params and `apply(spec, params, xs)` runs it:
+A `Spec` (frozen, hashable: usable as a `jax.jit` static argument) describes the stack, its
+architecture and init; `init(key, spec)` draws its params and `apply(spec, params, xs)` runs
+it. A `Plan` (as hashable) says how to run it (loop implementation, remat, chunk length, matmul
+dtype, unroll): the same numbers every way, different speed and memory.
 
     spec = layers.Spec(cell="lstm", input_size=8, hidden_size=64, num_layers=2,
                        bidirectional=True, dropout=0.1)
     params = layers.init(key, spec)         # params[layer][direction] -> cell Params
-    ys, finals = layers.apply(spec, params, xs, seq_lengths=lengths, dropout_key=k)
+    ys, finals = layers.apply(spec, params, xs, seq_lengths=lengths, dropout_key=k,
+                              plan=layers.Plan(remat=True))
 
 Layer l > 0 reads the concatenated [forward, backward] outputs of layer l - 1. Dropout acts on
 each layer's outputs except the last layer's, never on the recurrent path (as in PyTorch), and
 only when a `dropout_key` is given.
+
+This module holds the one registry from cell types (`Spec.cell`) to cells (`_CELLS`); the rest
+of the library reads what it needs off the cell (the protocol: `gated_rnn/__init__.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,21 +33,32 @@ from gated_rnn import checks, gru, initializers, lstm, rnn, scan
 
 
 class CellType(enum.Enum):
+    """The name of a cell (`Spec.cell`); `_CELLS` maps it to the cell."""
+
     RNN = "rnn"
     LSTM = "lstm"
     GRU = "gru"
+
+
+# The one registry: cell type -> the cell the spec names (a module or object with the protocol's
+# names). A new cell: its module, a CellType member, and its line here.
+_CELLS: dict[CellType, Callable[[Spec], Any]] = {
+    CellType.RNN: lambda spec: rnn,
+    CellType.LSTM: lambda spec: lstm,
+    CellType.GRU: lambda spec: gru.cell(spec.gru_variant),
+}
 
 
 class Init(enum.Enum):
     """Initialization schemes (kernels and biases; see `initializers`).
 
     DEFAULT: orthogonal recurrent kernels (per gate), Lecun-normal input kernels, zero biases.
-    FORGET_BIAS: DEFAULT plus a bias of `forget_bias` towards keeping the state: the LSTM forget
-      gate (Jozefowicz et al. 2015); the GRU update gate in its "keep" direction; nothing for
-      the RNN, which has no gate.
-    CHRONO: DEFAULT plus chrono biases (Tallec & Ollivier 2018) for `T_max = chrono_max_len`:
-      LSTM `b_f ~ log U[1, T_max - 1]`, `b_i = -b_f`; GRU the update gate, keep direction.
-      Nothing for the RNN.
+    FORGET_BIAS: DEFAULT plus a bias of `forget_bias` towards keeping the state (the cell's
+      `forget_bias_init`): the LSTM forget gate (Jozefowicz et al. 2015); the GRU update gate in
+      its "keep" direction; nothing for the RNN, which has no gate.
+    CHRONO: DEFAULT plus chrono biases (Tallec & Ollivier 2018) for `T_max = chrono_max_len`
+      (the cell's `chrono_bias_init`): LSTM `b_f ~ log U[1, T_max - 1]`, `b_i = -b_f`; GRU the
+      update gate, keep direction. Nothing for the RNN.
     TORCH: PyTorch's default, every weight and bias `U(-1/sqrt(H), 1/sqrt(H))` (a summed bias is
       one draw, not the sum of PyTorch's two).
     """
@@ -52,17 +69,9 @@ class Init(enum.Enum):
     TORCH = "torch"
 
 
-def _enum(kind: type[enum.Enum], value: Any, field: str) -> enum.Enum:
-    try:
-        return kind(value.value if isinstance(value, enum.Enum) else value)
-    except ValueError:
-        raise ValueError(f"{field}: unknown value {value!r}; valid: "
-                         f"{[v.value for v in kind]}") from None
-
-
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    """A stack of recurrent layers. Strings are accepted for the enum fields."""
+    """A stack of recurrent layers: architecture and init. Strings are accepted for the enums."""
 
     cell: CellType
     input_size: int
@@ -75,46 +84,22 @@ class Spec:
     forget_bias: float = 1.0
     chrono_max_len: Optional[int] = None
     proj_size: int = 0
-    unroll: int = 1
     dtype: Any = jnp.float32
-    # Execution options (same numbers, different speed / memory; see scan.run and README
-    # "Performance"): loop implementation, rematerialization, chunk length, matmul dtype.
-    impl: scan.Impl = scan.Impl.AUTO
-    remat: bool = False
-    chunk_size: Optional[int] = None
-    matmul_dtype: Any = None
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        set_("cell", _enum(CellType, self.cell, "cell"))
-        set_("gru_variant", _enum(gru.Variant, self.gru_variant, "gru_variant"))
-        set_("init", _enum(Init, self.init, "init"))
+        set_("cell", checks.enum_value(CellType, self.cell, "cell"))
+        set_("gru_variant", checks.enum_value(gru.Variant, self.gru_variant, "gru_variant"))
+        set_("init", checks.enum_value(Init, self.init, "init"))
         set_("dtype", jnp.dtype(self.dtype))
-        set_("impl", _enum(scan.Impl, self.impl, "impl"))
-        # Raises for e.g. impl='fused' with a reset-before GRU.
-        resolved = scan.resolve_impl(self.cell_fns, self.impl)
-        if self.matmul_dtype is not None:
-            set_("matmul_dtype", jnp.dtype(self.matmul_dtype))
-            if resolved is scan.Impl.SCAN:
-                raise ValueError(f"matmul_dtype={self.matmul_dtype.name!r} needs the fused "
-                                 f"implementation; got impl={self.impl.value!r} for cell "
-                                 f"{self.cell.value!r}")
-        if not isinstance(self.remat, (bool, np.bool_)):
-            raise ValueError(f"remat: expected a bool, got {self.remat!r}")
-        if self.chunk_size is not None and (
-                not isinstance(self.chunk_size, (int, np.integer))
-                or isinstance(self.chunk_size, bool) or self.chunk_size < 1):
-            raise ValueError(f"chunk_size: expected None or an integer >= 1, got "
-                             f"{self.chunk_size!r}")
-        for name in ("input_size", "hidden_size", "num_layers", "unroll"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        for name in ("input_size", "hidden_size", "num_layers"):
+            checks.check_int(getattr(self, name), name)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a rate in [0, 1), got {self.dropout!r}")
-        if self.proj_size < 0 or (self.proj_size and self.cell is not CellType.LSTM):
-            raise ValueError(f"proj_size: expected 0, or > 0 for an LSTM only; got "
-                             f"{self.proj_size!r} for cell {self.cell.value!r}")
+        if self.proj_size < 0 or (self.proj_size and not self.cell_fns.SUPPORTS_PROJ):
+            raise ValueError(f"proj_size: expected 0, or > 0 for a cell with an output "
+                             f"projection (of ours, the LSTM only); got {self.proj_size!r} for "
+                             f"cell {self.cell.value!r}")
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size: must be < hidden_size={self.hidden_size} (as in "
                              f"PyTorch), got {self.proj_size}")
@@ -133,13 +118,60 @@ class Spec:
 
     @property
     def cell_fns(self) -> Any:
-        """The cell module (or GRU cell object) with project / recur / step / init functions."""
-        if self.cell is CellType.GRU:
-            return gru.cell(self.gru_variant)
-        return {CellType.RNN: rnn, CellType.LSTM: lstm}[self.cell]
+        """The cell this spec names (`_CELLS`): a module (`rnn`, `lstm`) or object
+        (`gru.cell(variant)`) with the protocol's functions and facts."""
+        return _CELLS[self.cell](self)
 
     def layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.output_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How `apply` runs a stack: the same numbers every way, different speed and memory (see
+    `scan.run` and README "Performance"). Strings are accepted for `impl` and `matmul_dtype`.
+
+    Attributes:
+      impl: the loop implementation, `scan.Impl` or its name; AUTO takes the fused path where
+        the cell has one.
+      remat: keep only the carry at chunk starts and recompute the steps in the backward pass.
+      chunk_size: steps per chunk of the fused projection (and of remat); None picks one.
+      matmul_dtype: None, or a dtype (e.g. "bfloat16") for the fused path's matmul operands.
+      unroll: steps per iteration of the step loops.
+    """
+
+    impl: scan.Impl = scan.Impl.AUTO
+    remat: bool = False
+    chunk_size: Optional[int] = None
+    matmul_dtype: Any = None
+    unroll: int = 1
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_("impl", checks.enum_value(scan.Impl, self.impl, "impl"))
+        if not isinstance(self.remat, (bool, np.bool_)):
+            raise ValueError(f"remat: expected a bool, got {self.remat!r}")
+        checks.check_int(self.chunk_size, "chunk_size", optional=True)
+        checks.check_int(self.unroll, "unroll")
+        if self.matmul_dtype is not None:
+            set_("matmul_dtype", jnp.dtype(self.matmul_dtype))
+            if self.impl in (scan.Impl.SCAN, scan.Impl.CUDNN):
+                raise _matmul_dtype_error(self, self.impl)
+
+
+def _matmul_dtype_error(plan: Plan, impl: scan.Impl, cell: str = "") -> ValueError:
+    return ValueError(f"matmul_dtype={plan.matmul_dtype.name!r} needs the fused implementation; "
+                      f"got impl={impl.value!r}" + (f" for cell {cell!r}" if cell else ""))
+
+
+def check_plan(spec: Spec, plan: Plan) -> None:
+    """Raises ValueError unless `plan` can run `spec`'s cell (e.g. impl='fused' needs a cell
+    with an `update` split, so not the reset-before GRU)."""
+    if not isinstance(plan, Plan):
+        raise ValueError(f"plan: expected a layers.Plan, got {type(plan).__name__}")
+    impl = scan.resolve_impl(spec.cell_fns, plan.impl)
+    if plan.matmul_dtype is not None and impl is not scan.Impl.FUSED:
+        raise _matmul_dtype_error(plan, plan.impl, spec.cell.value)
 
 
 def output_size(spec: Spec) -> int:
@@ -147,47 +179,31 @@ def output_size(spec: Spec) -> int:
     return spec.output_size
 
 
-def _keep_sign(spec: Spec) -> float:
-    # RESET_AFTER keeps the state with z (sigma(+b) -> keep); RESET_BEFORE takes it with z.
-    return 1.0 if spec.gru_variant is gru.Variant.RESET_AFTER else -1.0
-
-
 def init_kwargs(spec: Spec) -> dict:
     """The initializer keyword arguments of the spec's `cell.init_params`."""
-    h = spec.hidden_size
+    cell = spec.cell_fns
     if spec.init is Init.TORCH:
-        u = initializers.torch_default(h)
-        kwargs = dict(kernel_init=u, recurrent_init=u, bias_init=u)
-        if spec.cell is CellType.GRU:
-            kwargs["candidate_bias_init"] = u
-        if spec.cell is CellType.LSTM:
-            kwargs["proj_init"] = u
-        return kwargs
-    num_gates = {CellType.RNN: rnn.NUM_GATES, CellType.LSTM: lstm.NUM_GATES,
-                 CellType.GRU: gru.NUM_GATES}[spec.cell]
+        u = initializers.torch_default(spec.hidden_size)
+        return {name: u for name in cell.INITIALIZERS}
     kwargs = dict(kernel_init=initializers.lecun_normal(),
-                  recurrent_init=initializers.orthogonal_gates(num_gates),
+                  recurrent_init=initializers.orthogonal_gates(cell.NUM_GATES),
                   bias_init=initializers.zeros)
+    bias_init = None
     if spec.init is Init.FORGET_BIAS:
-        if spec.cell is CellType.LSTM:
-            kwargs["bias_init"] = initializers.forget_gate_bias(spec.forget_bias)
-        elif spec.cell is CellType.GRU:
-            kwargs["bias_init"] = initializers.gate_constant(
-                gate=1, num_gates=3, value=_keep_sign(spec) * spec.forget_bias)
+        bias_init = cell.forget_bias_init(spec.forget_bias)
     elif spec.init is Init.CHRONO:
-        if spec.cell is CellType.LSTM:
-            kwargs["bias_init"] = initializers.chrono_lstm(spec.chrono_max_len)
-        elif spec.cell is CellType.GRU:
-            kwargs["bias_init"] = initializers.chrono_gru(spec.chrono_max_len,
-                                                          keep_gate_sign=_keep_sign(spec))
+        bias_init = cell.chrono_bias_init(spec.chrono_max_len)
+    if bias_init is not None:
+        kwargs["bias_init"] = bias_init
     return kwargs
 
 
 def init_cell(key: jax.Array, spec: Spec, layer: int) -> Any:
     """Params of one direction of layer `layer`."""
-    extra = {"proj_size": spec.proj_size} if spec.cell is CellType.LSTM else {}
-    return spec.cell_fns.init_params(key, spec.layer_input_size(layer), spec.hidden_size,
-                                     dtype=spec.dtype, **extra, **init_kwargs(spec))
+    cell = spec.cell_fns
+    extra = {"proj_size": spec.proj_size} if cell.SUPPORTS_PROJ else {}
+    return cell.init_params(key, spec.layer_input_size(layer), spec.hidden_size,
+                            dtype=spec.dtype, **extra, **init_kwargs(spec))
 
 
 def init(key: jax.Array, spec: Spec) -> tuple:
@@ -218,8 +234,8 @@ def dropout(key: jax.Array, rate: float, x: jax.Array) -> jax.Array:
 
 
 def apply(spec: Spec, params: tuple, xs: jax.Array, *, seq_lengths: jax.Array | None = None,
-          initial_carry: tuple | None = None,
-          dropout_key: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+          initial_carry: tuple | None = None, dropout_key: jax.Array | None = None,
+          plan: Plan = Plan()) -> tuple[jax.Array, tuple]:
     """Runs the stack.
 
     Args:
@@ -229,6 +245,7 @@ def apply(spec: Spec, params: tuple, xs: jax.Array, *, seq_lengths: jax.Array | 
       seq_lengths: [B] lengths in [0, T], or None.
       initial_carry: carries shaped like the returned final carries, or None for zeros.
       dropout_key: enables dropout between layers (training); None disables it.
+      plan: how to run it (the default: the fused path where the cell has one, no remat).
 
     Returns:
       (ys, final_carries): ys [B, T, (proj_size or H) * directions], the last layer's outputs
@@ -236,6 +253,7 @@ def apply(spec: Spec, params: tuple, xs: jax.Array, *, seq_lengths: jax.Array | 
       last valid step (for the backward direction: after its first element).
     """
     _check_params(spec, params)
+    check_plan(spec, plan)
     checks.check_input(xs, spec.input_size, spec.dtype, what="layers.apply xs", min_rank=3,
                        layout="[B, T, I]")
     if np.ndim(xs) != 3:
@@ -247,9 +265,9 @@ def apply(spec: Spec, params: tuple, xs: jax.Array, *, seq_lengths: jax.Array | 
         for d, p in enumerate(layer):
             carry, ys = scan.run(cell, p, x,
                                  carry=None if initial_carry is None else initial_carry[l][d],
-                                 seq_lengths=seq_lengths, reverse=d == 1, unroll=spec.unroll,
-                                 impl=spec.impl, remat=spec.remat, chunk_size=spec.chunk_size,
-                                 matmul_dtype=spec.matmul_dtype)
+                                 seq_lengths=seq_lengths, reverse=d == 1, unroll=plan.unroll,
+                                 impl=plan.impl, remat=plan.remat, chunk_size=plan.chunk_size,
+                                 matmul_dtype=plan.matmul_dtype)
             outs.append(ys)
             carries.append(carry)
         x = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)

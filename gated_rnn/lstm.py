@@ -19,8 +19,14 @@ import jax.numpy as jnp
 
 from gated_rnn import checks, initializers
 
+# What the rest of the library reads about this cell (the protocol: `gated_rnn/__init__.py`).
 NUM_GATES = 4
 BLOCKS = (4,)  # `update` takes xp and hz whole: one block of 4H columns (see `update`)
+UPDATE_READS_SUM = True  # `update` reads xp and hz only as xp + hz
+INITIALIZERS = ("kernel_init", "recurrent_init", "bias_init", "proj_init")
+SUPPORTS_PROJ = True  # init_params and init_carry take proj_size (PyTorch's output projection)
+TORCH_NAME = "LSTM"
+TORCH_HH_BIASES = ()  # PyTorch's two biases are one sum, `b`
 
 
 class Params(NamedTuple):
@@ -81,13 +87,11 @@ def activate(z: jax.Array) -> tuple[jax.Array, ...]:
     One sigmoid over all 4H columns: i, f, o = sigma(z) and g = tanh(z) = 2 sigma(2z) - 1 (the
     g columns scaled by 2 on the way in and out). XLA:CPU vectorizes a transcendental over a
     whole array, while on column slices of the step's input it emitted scalar exp/tanh that
-    cost as much as the step's matmul (the LSTM step loop at B=32, H=128, T=100 took 10.3 ms
-    on one core with per-gate activations, 6.4 with sigmoid and tanh each over all columns,
-    5.6 with this one sigmoid; README "Performance"). The price: g's error is absolute (about
-    one unit in the last place of 1: at most 1.8e-7 in float32) instead of relative; c and h
-    are as close to their float64 values as with per-gate float32 activations (max abs error
-    5.8e-7 / 3.1e-7 against 5.8e-7 / 3.8e-7 over 4096 x 128 pre-activations ~ N(0, 16)), and
-    match PyTorch to the same 1e-5 (tests/test_interop.py).
+    cost as much as the step's matmul (README "Performance" has the measurements). The price:
+    g's error is absolute (about one unit in the last place of 1: at most 1.8e-7 in float32)
+    instead of relative; c and h are as close to their float64 values as with per-gate float32
+    activations (max abs error 5.8e-7 / 3.1e-7 against 5.8e-7 / 3.8e-7 over 4096 x 128
+    pre-activations ~ N(0, 16)), and match PyTorch to the same 1e-5 (tests/test_interop.py).
     """
     hidden = z.shape[-1] // NUM_GATES
     two = checks.lift(jnp.where(jnp.arange(NUM_GATES * hidden) // hidden == 2, 2, 1)
@@ -122,3 +126,13 @@ def update(params: Params, carry: Carry, xp, hz) -> tuple[Carry, jax.Array]:
 def step(params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
     """One time step. x: `[..., I]`; carry: Carry with h `[..., P]`, c `[..., H]`. Returns (carry, h)."""
     return recur(params, carry, project(params, x))
+
+
+def forget_bias_init(value: float) -> initializers.Initializer:
+    """Bias `[4H]` with the forget gate at `value` (`layers.Init.FORGET_BIAS`)."""
+    return initializers.forget_gate_bias(value)
+
+
+def chrono_bias_init(max_len: int) -> initializers.Initializer:
+    """Chrono bias `[4H]` for T_max = max_len (`layers.Init.CHRONO`): b_f, and b_i = -b_f."""
+    return initializers.chrono_lstm(max_len)

@@ -14,8 +14,14 @@ import jax.numpy as jnp
 
 from gated_rnn import checks, initializers
 
+# What the rest of the library reads about this cell (the protocol: `gated_rnn/__init__.py`).
 NUM_GATES = 1
 BLOCKS = (1,)  # `update` takes xp and hz whole
+UPDATE_READS_SUM = True  # `update` reads xp and hz only as xp + hz
+INITIALIZERS = ("kernel_init", "recurrent_init", "bias_init")
+SUPPORTS_PROJ = False
+TORCH_NAME = "RNN_TANH"  # nn.RNN(nonlinearity="tanh")
+TORCH_HH_BIASES = ()  # PyTorch's two biases are one sum, `b`
 
 
 class Params(NamedTuple):
@@ -73,3 +79,13 @@ def update(params: Params, carry: Carry, xp, hz) -> tuple[Carry, jax.Array]:
 def step(params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
     """One time step. x: `[..., I]`; carry: Carry with h `[..., H]`. Returns (carry, h)."""
     return recur(params, carry, project(params, x))
+
+
+def forget_bias_init(value: float) -> None:
+    """No gate keeps the state, so no bias to set: `layers.Init.FORGET_BIAS` changes nothing."""
+    del value
+
+
+def chrono_bias_init(max_len: int) -> None:
+    """No gate keeps the state, so no bias to set: `layers.Init.CHRONO` changes nothing."""
+    del max_len

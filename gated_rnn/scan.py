@@ -82,10 +82,7 @@ class Impl(enum.Enum):
 
 def resolve_impl(cell: Any, impl: Impl | str) -> Impl:
     """The concrete implementation (not AUTO) `run` uses for `cell`; raises for a bad one."""
-    try:
-        impl = Impl(impl.value if isinstance(impl, Impl) else impl)
-    except ValueError:
-        raise ValueError(f"impl: unknown value {impl!r}; valid: {[i.value for i in Impl]}") from None
+    impl = checks.enum_value(Impl, impl, "impl")
     if impl is Impl.AUTO:
         return Impl.FUSED if fused.supports(cell) else Impl.SCAN
     if impl is Impl.FUSED and not fused.supports(cell):
@@ -132,9 +129,7 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
             raise ValueError("impl='cudnn' takes none of remat, chunk_size, matmul_dtype, unroll")
     if impl is not Impl.FUSED and matmul_dtype is not None:
         raise ValueError(f"matmul_dtype={matmul_dtype!r} needs impl='fused' (got {impl.value!r})")
-    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer))
-                                   or isinstance(chunk_size, bool) or chunk_size < 1):
-        raise ValueError(f"chunk_size: expected None or an integer >= 1, got {chunk_size!r}")
+    checks.check_int(chunk_size, "chunk_size", optional=True)
     batch, num_steps, _ = np.shape(xs)
     jax.eval_shape(cell.project, params, xs)  # the cell's input checks, on [B, T, I]
     expected = jax.eval_shape(lambda: cell.zero_carry(params, (batch,)))

@@ -14,6 +14,7 @@ import pytest
 from jax import enable_x64
 
 from gated_rnn import fused, gru, initializers, layers, lstm, rnn, scan
+from tests import helpers
 
 I, H = 3, 4
 
@@ -29,29 +30,6 @@ def _cell_and_params(name, key, dtype=jnp.float32):
         return rnn, rnn.init_params(key, I, H, **kw)
     return gru.cell(name.split("_", 1)[1] if "_" in name else "reset_after"), \
         gru.init_params(key, I, H, candidate_bias_init=u, **kw)
-
-
-def _loop(cell, params, xs, carry0, lengths, reverse):
-    """A Python loop over `cell.step`, the whole batch at once: (final carry, ys [B, T, P]).
-
-    Lengths mask the steps (carry held, output zero); reverse with lengths reverses each
-    sequence inside its valid part (`scan.reverse_padded`, pinned in test_scan.py).
-    """
-    steps = xs.shape[1]
-    if reverse and lengths is not None:
-        xs = scan.reverse_padded(xs, jnp.asarray(lengths))
-    carry, ys = carry0, [None] * steps
-    for t in (reversed(range(steps)) if reverse and lengths is None else range(steps)):
-        new, y = cell.step(params, carry, xs[:, t])
-        if lengths is not None:
-            m = (t < jnp.asarray(lengths))[:, None]
-            new = jax.tree_util.tree_map(lambda n, o: jnp.where(m, n, o), new, carry)
-            y = jnp.where(m, y, jnp.zeros_like(y))
-        carry, ys[t] = new, y
-    ys = jnp.stack(ys, axis=1)
-    if reverse and lengths is not None:
-        ys = scan.reverse_padded(ys, jnp.asarray(lengths))
-    return carry, ys
 
 
 def _loss(outputs):
@@ -77,7 +55,7 @@ def _check_against_loop(key, name, *, steps, lengths, reverse, dtype, tol, **opt
         return scan.run(cell, p, x, carry=c, seq_lengths=lengths, reverse=reverse, **options)
 
     def slow(p, x, c):
-        return _loop(cell, p, x, c, lengths, reverse)
+        return helpers.step_loop(cell, p, x, c, lengths, reverse)
 
     def value_and_grads(f):
         loss = lambda *a: (_loss(out := f(*a)), out)  # noqa: E731
@@ -156,26 +134,23 @@ def test_vmap_over_params_equals_separate_runs(key, name):
         np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-6)
 
 
-def test_layers_options_give_the_same_numbers(key):
-    def spec(**options):
-        return layers.Spec(cell="lstm", input_size=I, hidden_size=H, bidirectional=True,
-                           **options)
-
-    params = layers.init(key, spec())
+def test_layers_plans_give_the_same_numbers(key):
+    spec = layers.Spec(cell="lstm", input_size=I, hidden_size=H, bidirectional=True)
+    params = layers.init(key, spec)
     xs = jax.random.normal(key, (2, 9, I))
     lengths = jnp.array([9, 4])
 
-    @functools.partial(jax.jit, static_argnums=0)
-    def value_and_grad(s, p):
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def value_and_grad(s, plan, p):
         return jax.value_and_grad(
-            lambda p: jnp.sum(layers.apply(s, p, xs, seq_lengths=lengths)[0] ** 2))(p)
+            lambda p: jnp.sum(layers.apply(s, p, xs, seq_lengths=lengths, plan=plan)[0] ** 2))(p)
 
-    want = value_and_grad(spec(impl="scan"), params)
-    got = value_and_grad(spec(impl="fused", remat=True, chunk_size=2), params)
+    want = value_and_grad(spec, layers.Plan(impl="scan"), params)
+    got = value_and_grad(spec, layers.Plan(impl="fused", remat=True, chunk_size=2), params)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         assert _rel(a, b) < 1e-5
-    assert spec().impl is scan.Impl.AUTO
-    assert scan.resolve_impl(spec().cell_fns, spec().impl) is scan.Impl.FUSED
+    assert layers.Plan().impl is scan.Impl.AUTO
+    assert scan.resolve_impl(spec.cell_fns, layers.Plan().impl) is scan.Impl.FUSED
 
 
 def test_remat_cuts_the_training_steps_memory(key):
@@ -213,14 +188,19 @@ def test_unsupported_combinations_raise(key):
         scan.run(cell, params, xs, matmul_dtype=jnp.bfloat16)
     with pytest.raises(ValueError, match="chunk_size.*0"):
         scan.run(gru.cell(), params, xs, chunk_size=0)
+    before = layers.Spec(cell="gru", input_size=I, hidden_size=H, gru_variant="reset_before")
     with pytest.raises(ValueError, match="impl='fused'.*reset_after"):
-        layers.Spec(cell="gru", input_size=I, hidden_size=H, gru_variant="reset_before",
-                    impl="fused")
+        layers.check_plan(before, layers.Plan(impl="fused"))
+    with pytest.raises(ValueError, match="impl='fused'.*reset_after"):
+        layers.apply(before, layers.init(key, before), xs, plan=layers.Plan(impl="fused"))
     with pytest.raises(ValueError, match="matmul_dtype='bfloat16' needs the fused"):
-        layers.Spec(cell="lstm", input_size=I, hidden_size=H, impl="scan",
-                    matmul_dtype="bfloat16")
+        layers.Plan(impl="scan", matmul_dtype="bfloat16")
+    with pytest.raises(ValueError, match="matmul_dtype='bfloat16' needs the fused"):
+        layers.check_plan(before, layers.Plan(matmul_dtype="bfloat16"))  # AUTO: scan here
     with pytest.raises(ValueError, match="remat: expected a bool"):
-        layers.Spec(cell="lstm", input_size=I, hidden_size=H, remat="yes")
+        layers.Plan(remat="yes")
+    with pytest.raises(ValueError, match="unroll: expected an integer >= 1, got 0"):
+        layers.Plan(unroll=0)
 
 
 def test_cudnn_packing_and_directions_on_the_reference_kernel(key, monkeypatch):

@@ -126,7 +126,7 @@ def test_linen_stack_equals_layers_apply(name, key):
     linen_cls, _, options = STACKS[name]
     model = linen_cls(hidden_size=H, **options)
     spec = model.spec(I)
-    assert spec.cell is linen_cls.CELL and spec.num_layers == options.get("num_layers", 1)
+    assert spec.cell is linen_cls.CELL_TYPE and spec.num_layers == options.get("num_layers", 1)
     xs = _inputs()
     params = layers.init(jax.random.key(3), spec)
     initial = jax.tree.map(lambda a: a + 0.5, layers.zero_carries(spec, params, (B,)))

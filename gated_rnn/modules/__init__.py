@@ -1,0 +1,28 @@
+"""Thin Flax wrappers: linen cells for `nn.RNN`, linen and NNX stacks, NNX cells for `nnx.RNN`.
+
+A wrapper only holds params and calls the functional code; the equations live in the cells
+(`rnn`, `lstm`, `gru`), the loop in `scan` / `layers`. Every name is here:
+`from gated_rnn import modules; modules.LSTMCell`.
+
+  linen     `RNNCell`, `LSTMCell`, `GRUCell` (for `nn.RNN` / `nn.Bidirectional`) and the stacks
+            `RNN`, `LSTM`, `GRU` over `layers.apply`
+  nnx       `NNXRNNCell`, `NNXLSTMCell`, `NNXGRUCell` (for `nnx.RNN` / `nnx.Bidirectional`) and
+            the stacks `NNXRNN`, `NNXLSTM`, `NNXGRU`
+  convert   `to_flax` / `from_flax`: functional params <-> the modules' param trees
+
+Params are stored under the field names of the cell's `Params` (w_x, w_h, b, b_hn, w_hr), a
+stack's per layer and direction ("layer0_fwd", "layer0_bwd", ...), so a checkpoint reads like
+the functional params. Initialization is the functional init (`layers.init_cell` /
+`layers.init`, hence the same `initializers` factories). Each class names its cell by
+`CELL_TYPE` (a `layers.CellType`). The init scheme attribute is `init_scheme`
+(`layers.Spec.init`), since `init` is linen's method. The modules compute in `dtype`, which is
+also the params' dtype; inputs must have it.
+"""
+
+from gated_rnn.modules.convert import from_flax, to_flax
+from gated_rnn.modules.linen import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from gated_rnn.modules.nnx import (NNXGRU, NNXLSTM, NNXRNN, NNXGRUCell, NNXLSTMCell,
+                                   NNXRNNCell)
+
+__all__ = ["from_flax", "to_flax", "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU",
+           "NNXRNNCell", "NNXLSTMCell", "NNXGRUCell", "NNXRNN", "NNXLSTM", "NNXGRU"]

@@ -1,0 +1,198 @@
+"""Flax NNX wrappers: cells for `nnx.RNN` / `nnx.Bidirectional`, and stacks over `layers.apply`.
+
+`NNXRNNCell`, `NNXLSTMCell`, `NNXGRUCell` subclass `nnx.RNNCellBase`; `NNXRNN`, `NNXLSTM`,
+`NNXGRU` are stacks over `layers.apply`. An NNX cell's params are
+`layers.init_cell(rngs.params(), spec, 0)`, an NNX stack's `layers.init(rngs.params(), spec)`,
+stored as `nnx.Param`s named after the cell's Params fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gated_rnn import layers
+from gated_rnn.modules import convert
+
+
+def _check_cell_options(cls: type, options: dict) -> dict:
+    unknown = set(options) - set(cls.CELL_OPTIONS)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown options {sorted(unknown)}; this cell takes "
+                         f"{list(cls.CELL_OPTIONS) or 'none'} besides the common ones")
+    return options
+
+
+def _nnx_set(module: nnx.Module, params: Any) -> None:
+    """Stores a cell's Params on `module` as NNX variables named after its fields."""
+    for name, value in params._asdict().items():
+        setattr(module, name, None if value is None else nnx.Param(value))
+
+
+def _nnx_get(module: nnx.Module, params_type: type) -> Any:
+    """The cell's Params (of type `params_type`) of the current values stored by `_nnx_set`."""
+    return params_type(**{name: None if getattr(module, name) is None
+                          else getattr(module, name).get_value()
+                          for name in params_type._fields})
+
+
+class _NNXLayerParams(nnx.Module):
+    """One layer/direction's Params of an NNX stack ("layer0_fwd", ...)."""
+
+    def __init__(self, params: Any):
+        _nnx_set(self, params)
+
+
+class _NNXCell(nnx.RNNCellBase):
+    """What the three NNX cells share; `CELL_TYPE` names the cell."""
+
+    CELL_TYPE: ClassVar[layers.CellType]
+    CELL_OPTIONS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, input_size: int, hidden_size: int, *, rngs: nnx.Rngs,
+                 dtype: Any = jnp.float32, init_scheme: Any = layers.Init.DEFAULT,
+                 forget_bias: float = 1.0, chrono_max_len: Optional[int] = None,
+                 **cell_options):
+        self.spec = layers.Spec(cell=self.CELL_TYPE, input_size=input_size,
+                                hidden_size=hidden_size, dtype=dtype, init=init_scheme,
+                                forget_bias=forget_bias, chrono_max_len=chrono_max_len,
+                                **_check_cell_options(type(self), cell_options))
+        _nnx_set(self, layers.init_cell(rngs.params(), self.spec, 0))
+
+    @property
+    def params(self) -> Any:
+        """The functional Params (current values)."""
+        return _nnx_get(self, self.spec.cell_fns.Params)
+
+    def __call__(self, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+        """One step: carry with [B, H] fields, x [B, I] -> (carry, y [B, H])."""
+        params = self.params
+        convert.check_cell_carry(self.spec, params, carry, x)
+        return self.spec.cell_fns.step(params, carry, x)
+
+    def initialize_carry(self, input_shape: tuple[int, ...], rngs: Any = None,
+                         carry_init: Any = None) -> Any:
+        """Zero carry for inputs of shape `input_shape` ([B, I]); rngs and carry_init unused."""
+        del rngs, carry_init
+        return self.spec.cell_fns.zero_carry(self.params, tuple(input_shape[:-1]))
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+class NNXRNNCell(_NNXCell):
+    """NNX tanh-RNN cell for `nnx.RNN`: `NNXRNNCell(input_size, hidden_size, rngs=nnx.Rngs(0))`.
+
+    Options: dtype, init_scheme, forget_bias, chrono_max_len (as `RNNCell`). Params are
+    `layers.init_cell(rngs.params(), spec, 0)`, as attributes w_x, w_h, b.
+    """
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
+
+
+class NNXLSTMCell(_NNXCell):
+    """NNX LSTM cell for `nnx.RNN`; options as `LSTMCell` (dtype, init_scheme, forget_bias,
+    chrono_max_len, proj_size). Params: `layers.init_cell(rngs.params(), spec, 0)`."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.LSTM
+    CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("proj_size",)
+
+
+class NNXGRUCell(_NNXCell):
+    """NNX GRU cell for `nnx.RNN`; options as `GRUCell` (dtype, init_scheme, forget_bias,
+    chrono_max_len, gru_variant). Params: `layers.init_cell(rngs.params(), spec, 0)`."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.GRU
+    CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("gru_variant",)
+
+
+class _NNXStack(nnx.Module):
+    """What the three NNX stacks share; `CELL_TYPE` names the cell."""
+
+    CELL_TYPE: ClassVar[layers.CellType]
+    CELL_OPTIONS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, input_size: int, hidden_size: int, *, rngs: nnx.Rngs,
+                 num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
+                 init_scheme: Any = layers.Init.DEFAULT, forget_bias: float = 1.0,
+                 chrono_max_len: Optional[int] = None, unroll: int = 1,
+                 dtype: Any = jnp.float32, deterministic: bool = False, **cell_options):
+        self.spec = layers.Spec(cell=self.CELL_TYPE, input_size=input_size,
+                                hidden_size=hidden_size, num_layers=num_layers,
+                                bidirectional=bidirectional, dropout=dropout,
+                                init=init_scheme, forget_bias=forget_bias,
+                                chrono_max_len=chrono_max_len, dtype=dtype,
+                                **_check_cell_options(type(self), cell_options))
+        self.plan = layers.Plan(unroll=unroll)
+        for l, layer in enumerate(layers.init(rngs.params(), self.spec)):
+            for d, p in enumerate(layer):
+                setattr(self, convert.layer_name(l, d), _NNXLayerParams(p))
+        # As nnx.Dropout: `deterministic` is flipped by model.train() / model.eval(), and the
+        # module keeps its own fork of the "dropout" stream.
+        self.deterministic = deterministic
+        self.rngs = rngs["dropout"].fork() if dropout > 0 else nnx.data(None)
+
+    @property
+    def params(self) -> tuple:
+        """The functional params (as `layers.init` returns them; current values)."""
+        params_type = self.spec.cell_fns.Params
+        return tuple(tuple(_nnx_get(getattr(self, convert.layer_name(l, d)), params_type)
+                           for d in range(self.spec.num_directions))
+                     for l in range(self.spec.num_layers))
+
+    def __call__(self, xs: jax.Array, *, seq_lengths: Optional[jax.Array] = None,
+                 initial_carry: Optional[tuple] = None, deterministic: Optional[bool] = None,
+                 rngs: Any = None) -> tuple[jax.Array, tuple]:
+        """Runs the stack (`layers.apply`).
+
+        Args:
+          xs: [B, T, I] inputs.
+          seq_lengths: [B] lengths in [0, T], or None.
+          initial_carry: carries shaped like the returned ones, or None for zeros.
+          deterministic: overrides the attribute (set by `.train()` / `.eval()`); False applies
+            dropout between layers.
+          rngs: a key, RngStream or Rngs for the dropout mask; defaults to the module's stream.
+
+        Returns:
+          (ys, final_carries) as `layers.apply`: ys [B, T, (proj_size or H) * directions].
+        """
+        deterministic = self.deterministic if deterministic is None else deterministic
+        dropout_key = None
+        if not deterministic and self.spec.dropout > 0 and self.spec.num_layers > 1:
+            rngs = self.rngs if rngs is None else rngs
+            if rngs is None:
+                raise ValueError("dropout: deterministic=False needs rngs (pass rngs= to the "
+                                 "constructor or the call)")
+            if isinstance(rngs, nnx.Rngs):
+                rngs = rngs["dropout"]
+            dropout_key = rngs() if isinstance(rngs, nnx.RngStream) else rngs
+        return layers.apply(self.spec, self.params, xs, seq_lengths=seq_lengths,
+                            initial_carry=initial_carry, plan=self.plan, dropout_key=dropout_key)
+
+
+class NNXRNN(_NNXStack):
+    """NNX tanh-RNN stack: `NNXRNN(input_size, hidden_size, num_layers=..., rngs=nnx.Rngs(0))`.
+
+    Options: the `layers.Spec` fields (with `init_scheme` for `init`) and `deterministic`.
+    Params: `layers.init(rngs.params(), spec)`, under "layer0_fwd", "layer0_bwd", ...
+    """
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
+
+
+class NNXLSTM(_NNXStack):
+    """NNX LSTM stack; options as `NNXRNN` plus proj_size."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.LSTM
+    CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("proj_size",)
+
+
+class NNXGRU(_NNXStack):
+    """NNX GRU stack; options as `NNXRNN` plus gru_variant."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.GRU
+    CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("gru_variant",)
