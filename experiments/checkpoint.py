@@ -22,6 +22,7 @@ atomic, and files can be truncated or deleted afterwards. Hence:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -30,10 +31,11 @@ import threading
 from typing import Any, NamedTuple, Optional
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from experiments import files
 
 CONFIG_FILE = "checkpoint_config.json"  # in workdir: the config the checkpoints were made by
 PENDING_FILE = "pending_metrics.npz"  # in workdir
@@ -161,6 +163,14 @@ def remove_uncommitted(directory: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Save.
 
+def manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
+    """The run's orbax CheckpointManager in workdir/checkpoints, keeping the newest max_to_keep
+    steps (`train.max_checkpoints`)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                 options=options)
+
+
 def save(manager: ocp.CheckpointManager, state: Any, step: int) -> None:
     """Starts saving `state` as `step`; raises CheckpointError if orbax reports a failure."""
     try:
@@ -169,7 +179,7 @@ def save(manager: ocp.CheckpointManager, state: Any, step: int) -> None:
         raise _save_error(manager, step, e) from e
 
 
-def finish(manager: ocp.CheckpointManager, step: Optional[int] = None) -> None:
+def wait_for_saves(manager: ocp.CheckpointManager, step: Optional[int] = None) -> None:
     """Waits for pending saves; a failure becomes a CheckpointError naming the intact steps."""
     try:
         manager.wait_until_finished()
@@ -228,34 +238,52 @@ def check_free_space(workdir: str, state: Any, max_checkpoints: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # Config fingerprint.
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts (a config as plain data) -> {"dotted.key": leaf value}."""
     if isinstance(tree, dict):
         out = {}
         for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: tree}
 
 
-def _canonical(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    # Through JSON so that tuples and lists, ints and their JSON round trip compare equal.
-    flat = _flatten(json.loads(config.to_json_best_effort()))
-    return {k: v for k, v in flat.items() if not _harmless(k)}
+def differing_keys(old: dict, new: dict, *, shared_only: bool = False) -> list[str]:
+    """The dotted keys whose values differ between two configs as plain data, sorted.
 
-
-def config_differences(stored: dict, config: ml_collections.ConfigDict) -> list[str]:
-    """`key: stored -> new` for each field that differs (ignoring HARMLESS_KEYS)."""
-    old, new = {k: v for k, v in _flatten(stored).items() if not _harmless(k)}, \
-        _canonical(config)
+    Args:
+      old, new: nested dicts (e.g. `ConfigDict.to_dict()` or a stored JSON config).
+      shared_only: a key present on one side only is not a difference (it has no value to
+        disagree on: a field the code added or removed since); otherwise it is.
+    """
+    a, b = flatten(old), flatten(new)
+    keys = set(a) & set(b) if shared_only else set(a) | set(b)
     missing = object()
-    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
-            for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
+    return [k for k in sorted(keys) if a.get(k, missing) != b.get(k, missing)]
 
 
-def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def config_differences(stored: dict, config_json: str) -> list[str]:
+    """`key: stored -> new` for each field that differs (ignoring HARMLESS_KEYS).
+
+    Args:
+      stored: the config the checkpoints were made by (checkpoint_config.json).
+      config_json: the run's config as JSON text (`ConfigDict.to_json_best_effort()`); through
+        JSON so that tuples and lists, ints and their JSON round trip compare equal.
+    """
+    new = json.loads(config_json)
+    old_flat, new_flat = flatten(stored), flatten(new)
+    return [f"{k}: {old_flat.get(k, '<absent>')!r} -> {new_flat.get(k, '<absent>')!r}"
+            for k in differing_keys(stored, new) if not _harmless(k)]
+
+
+def check_config(workdir: str, config_json: str) -> None:
     """Refuses (ValueError) to resume checkpoints made by another config; records the config.
 
     Without committed checkpoints there is nothing to resume and the config is (re)recorded.
+
+    Args:
+      workdir: the run's workdir.
+      config_json: the run's config as JSON text (`ConfigDict.to_json_best_effort(indent=2)`).
     """
     directory = os.path.join(workdir, "checkpoints")
     path = os.path.join(workdir, CONFIG_FILE)
@@ -263,7 +291,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     if has_steps and os.path.exists(path):
         with open(path) as f:
             stored = json.load(f)
-        diffs = config_differences(stored, config)
+        diffs = config_differences(stored, config_json)
         if diffs:
             raise ValueError(
                 f"--workdir={workdir!r} holds checkpoints of a different config; differing keys: "
@@ -271,12 +299,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
                 f"--config.train.fresh_start=True (or --fresh_start) to start over (the old run "
                 f"is moved to {workdir}/previous_<k>/)")
         return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    files.atomic_write(path, config_json)
 
 
 def start_fresh(workdir: str) -> Optional[str]:
@@ -303,10 +326,9 @@ def save_pending(workdir: str, step: int, pending: list[dict]) -> None:
     """Stores the step metrics not yet logged at `step` (atomically)."""
     fetched = jax.device_get(pending)
     arrays = {f"{i}/{k}": np.asarray(v) for i, m in enumerate(fetched) for k, v in m.items()}
-    path = os.path.join(workdir, PENDING_FILE)
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, step=np.int64(step), count=np.int64(len(fetched)), **arrays)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, step=np.int64(step), count=np.int64(len(fetched)), **arrays)
+    files.atomic_write(os.path.join(workdir, PENDING_FILE), buf.getvalue())
 
 
 def load_pending(workdir: str, step: int) -> list[dict]:

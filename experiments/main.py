@@ -15,10 +15,10 @@ the current step: rerun the same command to resume.
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import checkpoint, parallel, train, validate
+from experiments import checkpoint, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Task config file, e.g. experiments/configs/copy.py[:smoke][,seq_len=N].",
@@ -38,20 +38,14 @@ def _exit(code: int, message: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    train.quiet_orbax_logs()
+    parallel.quiet_library_logs()
     config = _CONFIG.value
     if _FRESH_START.value:
         with config.unlocked():
             config.train.fresh_start = True
     try:
         parallel.set_cpu_devices(config)  # one CPU device per core: before JAX starts
-        parallel.initialize(config)  # jax.distributed: before anything touches a device
-        validate.validate(config)  # before anything is compiled or written
-        train.make_setup(config)
-    except ValueError as e:
-        _exit(2, str(e).replace("\n", " "))
-    logging.info("Config:\n%s", config)
-    try:
+        # Validates the config (setup.build) before anything is compiled or written.
         train.train_and_evaluate(config, _WORKDIR.value)
     except checkpoint.Stopped as e:
         _exit(e.code, str(e))

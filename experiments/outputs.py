@@ -6,37 +6,32 @@ extra fields such as "seq_len", "steps_per_sec", "wall_time_s" (a non-finite one
 "per_seed": {<metric>: [S] list}}, and the same curves as TensorBoard scalars under tb/
 ("<split>/<metric>", plus "<split>/<metric>/seed_<s>" when S > 1); `result` builds the dict of
 result.json (task, model, final eval and first solved step of each seed, the whole config), which
-train.py writes, like config.json, as indented JSON with `atomic_write`. `atomic_write` writes
-`<path>.tmp`, flushes and fsyncs it and renames it over `path`, so a reader or a crash sees the
-old file or the whole new one, never part of one; metrics.jsonl is rewritten that way when a run
-(re)starts, keeping only the rows up to the restored step, then appended to a flushed row at a
-time.
+train.py writes, like config.json, as indented JSON with `files.atomic_write` (fsynced, then
+renamed over the old file, so a reader or a crash sees the old file or the whole new one, never
+part of one); metrics.jsonl is rewritten that way when a run (re)starts, keeping only the rows
+up to the restored step, then appended to a flushed row at a time. `Clock` measures the timing
+fields (`wall_time_s` across resumes, `steps_per_sec` without compilation, evals and saves).
+
+A leaf: imports nothing from experiments but `files`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import time
 from typing import Any
 
-import ml_collections
+import jax
 import numpy as np
 import tensorboardX
+from absl import logging
 
-from experiments import tasks
+from experiments import files
 
 EVAL = "eval"  # the split of the evaluation at the training length
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Replaces `path` by `text` atomically (via `<path>.tmp`, fsynced, then `os.replace`)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_rows(path: str) -> list[dict]:
@@ -65,7 +60,7 @@ class MetricsLog:
         self.file = self.tb = None
         if not write_files:
             return
-        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        files.atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
         self.file = open(self.path, "a")
         self.seeds = seeds
         # purge_step drops TensorBoard events past the restored step, as for the jsonl rows.
@@ -109,13 +104,13 @@ class MetricsLog:
             self.tb.close()
 
 
-def result(config: ml_collections.ConfigDict, task: tasks.Task, rows: list[dict],
-           seeds: list[int]) -> dict:
+def result(config: dict[str, Any], task: Any, rows: list[dict], seeds: list[int]) -> dict:
     """result.json's content from the logged eval rows (the last one is the final eval).
 
     Args:
-      config: the run's config.
-      task: the training task (its name, baseline and solved criterion are recorded).
+      config: the run's config as plain data (`ConfigDict.to_dict()`), recorded whole.
+      task: the training task (a `tasks.Task`: its name, baseline and solved criterion are
+        recorded).
       rows: `MetricsLog.rows`, ending with the final eval.
       seeds: the S seeds, in the order of the per-seed lists.
 
@@ -133,22 +128,71 @@ def result(config: ml_collections.ConfigDict, task: tasks.Task, rows: list[dict]
                          "normalized_loss": final["normalized_loss"][i],
                          "accuracy": final["accuracy"][i], "solved": final["solved"][i],
                          "steps_to_solve": solved_at[0] if solved_at else None})
-    m = config.model
+    m, steps = config["model"], config["train"]["steps"]
     return {
-        "task": task.name, "seq_len": config.seq_len, "cell": m.cell,
-        "gru_variant": m.gru_variant, "init": m.init, "hidden_size": m.hidden_size,
-        "num_layers": m.num_layers, "baseline": task.baseline,
-        "solved_criterion": task.criterion, "steps": config.train.steps,
+        "task": task.name, "seq_len": config["seq_len"], "cell": m["cell"],
+        "gru_variant": m["gru_variant"], "init": m["init"], "hidden_size": m["hidden_size"],
+        "num_layers": m["num_layers"], "baseline": task.baseline,
+        "solved_criterion": task.criterion, "steps": steps,
         # The step the run ended at, and why: "solved" (train.stop_when_solved, every seed
         # solved at that eval) or "budget" (train.steps taken).
         "final_step": evals[-1]["step"],
-        "stopped": "solved" if evals[-1]["step"] < config.train.steps else "budget",
-        "num_seeds": config.num_seeds, "seeds": per_seed,
+        "stopped": "solved" if evals[-1]["step"] < steps else "budget",
+        "num_seeds": config["num_seeds"], "seeds": per_seed,
         "solved_fraction": float(np.mean([s["solved"] for s in per_seed])),
         "wall_time_s": rows[-1]["wall_time_s"], "steps_per_sec": evals[-1]["steps_per_sec"],
         "extra_evals": {r["split"]: {k: r["per_seed"][k] for k in
                                      ("loss", "normalized_loss", "accuracy", "solved")}
                         for r in rows if r["split"].startswith("eval_T")
                         and r["step"] == evals[-1]["step"]},
-        "config": config.to_dict(),
+        "config": config,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing fields of the rows (wall_time_s, steps_per_sec) and the progress line's ETA.
+
+def format_eta(seconds: float) -> str:
+    """`h:mm:ss`, or "?" for an unknown (non-finite) time."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+class Clock:
+    """Wall time across resumes, and steps/s between logs without compilation, evals and saves."""
+
+    def __init__(self, start_step: int, wall_offset: float):
+        self.t0, self.offset = time.time(), wall_offset
+        self.mark_time, self.mark_step, self.paused_s = None, start_step, 0.0
+        self.rate, self.last_report = float("nan"), 0.0
+
+    def wall(self) -> float:
+        return self.offset + time.time() - self.t0
+
+    def first_step(self, step: int, metrics: Any) -> None:
+        if self.mark_time is None:
+            jax.block_until_ready(metrics)
+            self.mark_time, self.mark_step = time.time(), step
+            logging.info("First step (with compilation) took %.1f s.", self.mark_time - self.t0)
+
+    def lap(self, step: int) -> float:
+        now = time.time()
+        if step > self.mark_step:
+            self.rate = (step - self.mark_step) / max(now - self.mark_time - self.paused_s, 1e-9)
+        self.mark_time, self.mark_step, self.paused_s = now, step, 0.0
+        return self.rate
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.time()
+        yield
+        self.paused_s += time.time() - t
+
+    def report_due(self, every_secs: float) -> bool:
+        if time.time() - self.last_report < every_secs:
+            return False
+        self.last_report = time.time()
+        return True

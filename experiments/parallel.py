@@ -1,7 +1,7 @@
 """Data parallelism over devices and hosts with `jax.sharding` and `jax.distributed`.
 
 The trainer (experiments/train.py) runs every step through a `Layout`: a one-axis `Mesh` over the
-devices in use and what is split over it (`parallel.shard`):
+devices in use and what is split over it (the `Partition`, config field `parallel.shard`):
   batch  (default) the batch axis of every training batch is split over the devices; params and
          optimizer state are replicated; each device computes the gradient of its slice and one
          explicit `pmean` after the backward scan averages gradients and metrics.
@@ -17,7 +17,7 @@ at B=32, H=128, T=100 a training step takes 0.75-0.81x the time on 2 cores (READ
 "Performance").
 
 Why `shard_map` and not the automatic partitioner: jit with sharded inputs may place a gradient
-all-reduce inside the backward scan's loop (one per time step; `python -m experiments.parallel`
+all-reduce inside the backward scan's loop (one per time step; `python -m benchmarks.parallel`
 prints where it puts them); here it is one all-reduce per step, after the scan, checked in the
 compiled HLO in tests/test_parallel.py. Evaluation is not sharded: every device evaluates the
 whole (fixed) eval batch with the replicated params. The gradients and metrics of a step are
@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging as std_logging
 import os
-import time
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -63,8 +63,9 @@ AXIS = "data"  # the mesh's one axis
 SYNC_EVERY = 16  # block the host every this many steps (see `throttle`)
 
 
-class Shard(str, enum.Enum):
-    """What the devices split: the batch (params replicated) or the seeds (independent models)."""
+class Partition(str, enum.Enum):
+    """What the devices split (config field `parallel.shard`): the batch (params replicated) or
+    the seeds (independent models)."""
 
     BATCH = "batch"
     SEEDS = "seeds"
@@ -74,7 +75,7 @@ class Layout(NamedTuple):
     """The mesh and the sharded axis (hashable: part of the trainer's static Setup)."""
 
     mesh: Mesh
-    shard: Shard
+    partition: Partition
 
     @property
     def num_devices(self) -> int:
@@ -83,12 +84,12 @@ class Layout(NamedTuple):
     @property
     def state_spec(self) -> P:
         """Of every TrainState leaf [S, ...]: replicated, or split over seeds."""
-        return P(AXIS) if self.shard is Shard.SEEDS else P()
+        return P(AXIS) if self.partition is Partition.SEEDS else P()
 
     @property
     def batch_spec(self) -> P:
         """Of every Batch leaf [S, B, ...]: split over the batch axis B, or over the seeds S."""
-        return P(AXIS) if self.shard is Shard.SEEDS else P(None, AXIS)
+        return P(AXIS) if self.partition is Partition.SEEDS else P(None, AXIS)
 
     def sharding(self, spec: P) -> NamedSharding:
         return NamedSharding(self.mesh, spec)
@@ -129,10 +130,10 @@ def cpu_device_count(*configs: ml_collections.ConfigDict) -> int | None:
     if (d.coordinator_address is not None or d.auto or "JAX_NUM_CPU_DEVICES" in os.environ
             or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
         return None
-    sizes = [c.num_seeds if c.parallel.shard == Shard.SEEDS.value else c.train.batch_size
+    sizes = [c.num_seeds if c.parallel.shard == Partition.SEEDS.value else c.train.batch_size
              for c in configs]
     if not all(isinstance(size, int) and size >= 1 for size in sizes):
-        return None  # validate() names the field
+        return None  # setup.validate names the field
     return max(k for k in range(1, _usable_cores() + 1) if all(s % k == 0 for s in sizes))
 
 
@@ -199,6 +200,16 @@ def initialize(config: ml_collections.ConfigDict) -> None:
                  jax.device_count())
 
 
+def quiet_library_logs() -> None:
+    """Drops orbax's and XLA's INFO lines (a few dozen per checkpoint save) from absl's log,
+    keeping the trainer's progress lines and every warning. The entry points' business (a
+    process-wide setting): `experiments.main` and `experiments.sweep` call it once."""
+    def keep(record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or not any(
+            part in record.pathname for part in ("/orbax/", "xla_bridge"))
+    logging.get_absl_handler().addFilter(keep)
+
+
 def is_main() -> bool:
     """Whether this process writes files and logs (process 0)."""
     return jax.process_index() == 0
@@ -220,10 +231,10 @@ def make_layout(config: ml_collections.ConfigDict) -> Layout:
     """
     p = config.parallel
     try:
-        shard = Shard(p.shard)
+        partition = Partition(p.shard)
     except ValueError:
         raise ValueError(f"parallel.shard: unknown {p.shard!r}; valid: "
-                         f"{[s.value for s in Shard]}") from None
+                         f"{[s.value for s in Partition]}") from None
     devices = jax.devices()
     n = p.num_devices or len(devices)
     if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(devices):
@@ -232,13 +243,13 @@ def make_layout(config: ml_collections.ConfigDict) -> Layout:
     if jax.process_count() > 1 and n != len(devices):
         raise ValueError(f"parallel.num_devices: must be 0 (all {len(devices)} devices) with "
                          f"{jax.process_count()} processes, got {n}")
-    field, size = (("num_seeds", config.num_seeds) if shard is Shard.SEEDS
+    field, size = (("num_seeds", config.num_seeds) if partition is Partition.SEEDS
                    else ("train.batch_size", config.train.batch_size))
     if size % n:
         raise ValueError(f"{field}={size} is not divisible by the {n} devices of the mesh "
-                         f"(parallel.shard={shard.value}); change {field} or set "
+                         f"(parallel.shard={partition.value}); change {field} or set "
                          f"parallel.num_devices")
-    return Layout(mesh=Mesh(np.asarray(devices[:n]), (AXIS,)), shard=shard)
+    return Layout(mesh=Mesh(np.asarray(devices[:n]), (AXIS,)), partition=partition)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +319,7 @@ def sharded_step(layout: Layout, step_one: Callable) -> Callable:
       `(state, batch) -> (state, metrics)` on trees with a leading seed axis [S]; metrics are
       replicated.
     """
-    if layout.shard is Shard.BATCH:
+    if layout.partition is Partition.BATCH:
         body = jax.vmap(functools.partial(step_one, all_reduce=_all_reduce))
         out_specs = (P(), P())  # equal on every device after the pmean
     else:
@@ -321,106 +332,3 @@ def sharded_step(layout: Layout, step_one: Callable) -> Callable:
         state, metrics = mapped(state, batch)
         return state, replicate(layout, metrics)
     return step
-
-
-# ---------------------------------------------------------------------------------------------
-# HLO inspection (tests, benchmark).
-
-def all_reduce_counts(hlo_text: str) -> tuple[int, int]:
-    """Counts in compiled HLO text: (all-reduce ops, while loops whose body runs one).
-
-    Computations are matched by name prefix, so the second count can only err upwards (a loop
-    wrongly counted), never hide an all-reduce inside a loop.
-    """
-    comps, name = {}, None
-    for line in hlo_text.splitlines():
-        head = line.split("(")[0].split()
-        if line and not line[0].isspace() and head and line.rstrip().endswith("{"):
-            name = head[-1].lstrip("%")
-            comps[name] = []
-        elif name is not None:
-            comps[name].append(line)
-
-    def is_all_reduce(line):
-        return " all-reduce(" in line or " all-reduce-start(" in line
-
-    def reaches(comp, seen):
-        if comp in seen or comp not in comps:
-            return False
-        seen.add(comp)
-        return any(is_all_reduce(line) or any(
-            f"%{c}" in line and reaches(c, seen) for c in comps if f"%{c}" in line)
-            for line in comps[comp])
-
-    bodies = {line.split("body=")[1].split(",")[0].split()[0].lstrip("%")
-              for lines in comps.values() for line in lines if " while(" in line}
-    total = sum(is_all_reduce(line) for lines in comps.values() for line in lines)
-    inside = sum(reaches(b, set()) for b in bodies)
-    return total, inside
-
-
-# ---------------------------------------------------------------------------------------------
-# Benchmark: XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m experiments.parallel
-
-def benchmark(config: ml_collections.ConfigDict, device_counts=(1, 2, 4), steps: int = 40,
-              repeats: int = 3) -> list[dict]:
-    """Milliseconds per train step (sampling included) on meshes of each size, side by side.
-
-    Rows: {"devices": n (None: plain jit without a mesh), "ms_per_step": best of `repeats`,
-    "all_reduce": all_reduce_counts of the step, "auto_all_reduce": the same for jit's automatic
-    partitioner given the same sharded inputs}.
-
-    Also counts the all-reduces of the compiled step (and of the automatic partitioner's
-    version of it, for comparison). Blocks every SYNC_EVERY steps, as the trainer does.
-    """
-    from experiments import train  # here: train imports this module
-    rows = []
-    for n in (None,) + tuple(device_counts):  # None: plain jit, no mesh (the reference)
-        config = ml_collections.ConfigDict(config.to_dict())
-        config.parallel.num_devices = n or 1
-        setup = train.make_setup(config)
-        state = train.create_train_state(setup, config.seed, config.num_seeds)
-        if n is not None:
-            setup = setup._replace(layout=make_layout(config))
-            state = to_global(setup.layout, state)
-        batch = train.sample_batch(setup, state)
-        hlo = train.train_step.lower(setup, state, batch).compile().as_text() if n else ""
-        auto = jax.jit(lambda s, b, setup=setup: jax.vmap(
-            functools.partial(train._train_step_one, setup))(s, b)).lower(state, batch)
-        best = float("inf")
-        for r in range(repeats + 1):  # the first round compiles and warms up
-            jax.block_until_ready(state)
-            t0 = time.perf_counter()
-            for i in range(steps):
-                state, _ = train.train_step(setup, state, train.sample_batch(setup, state))
-                if i % SYNC_EVERY == SYNC_EVERY - 1:
-                    jax.block_until_ready(state)
-            jax.block_until_ready(state)
-            if r:
-                best = min(best, (time.perf_counter() - t0) / steps)
-        rows.append({"devices": n, "ms_per_step": 1e3 * best,
-                     "all_reduce": all_reduce_counts(hlo),
-                     "auto_all_reduce": all_reduce_counts(auto.compile().as_text())})
-    return rows
-
-
-if __name__ == "__main__":
-    import sys
-
-    from experiments import parallel  # not __main__'s copy: train uses that one's classes
-    from experiments.configs import copy as copy_config
-    arg = sys.argv[1] if len(sys.argv) > 1 else None
-    n_max = jax.device_count()
-    results = parallel.benchmark(copy_config.get_config(arg),
-                                 tuple(n for n in (1, 2, 4, 8) if n <= n_max))
-    base = results[1]["ms_per_step"]
-    print(f"copy{':' + arg if arg else ''} on {jax.devices()[0].platform}, "
-          f"{n_max} visible devices")
-    print("| devices | ms/step | vs 1 device | all-reduces/step (in loop) | "
-          "automatic partitioner (in loop) |")
-    print("|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['devices'] or '1, no mesh (plain jit)'} | {r['ms_per_step']:.2f} | "
-              f"{r['ms_per_step'] / base:.2f}x | "
-              f"{r['all_reduce'][0]} ({r['all_reduce'][1]}) | "
-              f"{r['auto_all_reduce'][0]} ({r['auto_all_reduce'][1]}) |")

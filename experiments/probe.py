@@ -42,7 +42,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import model as model_lib
-from experiments import report, tasks, train
+from experiments import checkpoint, files, report, setup, tasks, train
 from gated_rnn import layers
 
 PROBE_KEY = 20240601  # a fixed probe batch, independent of every training and eval stream
@@ -156,31 +156,31 @@ def probe_run(workdir: str, *, batch_size: int = 8, seed_index: int = 0) -> dict
       distance.
     """
     config = load_config(workdir)
-    if not 0 <= seed_index < config.num_seeds:
-        raise ValueError(f"--seed_index: expected 0 <= index < num_seeds={config.num_seeds}, "
+    s = setup.build(config)
+    if not 0 <= seed_index < s.run.num_seeds:
+        raise ValueError(f"--seed_index: expected 0 <= index < num_seeds={s.run.num_seeds}, "
                          f"got {seed_index}")
-    setup = train.make_setup(config)
-    if setup.model.spec.bidirectional:
+    if s.model.spec.bidirectional:
         raise ValueError(f"{workdir}: the probe needs a unidirectional stack")
-    state = train.create_train_state(setup, config.seed, config.num_seeds)
-    manager = train.checkpoint_manager(workdir, config)
+    state = train.create_train_state(s, s.run.seed, s.run.num_seeds)
+    manager = checkpoint.manager(workdir, s.run.max_checkpoints)
     try:
-        trained = train.restore_checkpoint(manager, state)
+        trained = checkpoint.restore_latest(manager, state)[0]
     finally:
         manager.close()
-    batch = setup.task.sample(jax.random.key(PROBE_KEY), batch_size)
+    batch = s.task.sample(jax.random.key(PROBE_KEY), batch_size)
     pick = lambda tree: jax.tree.map(lambda x: x[seed_index], tree)  # noqa: E731
 
     def run(params):
-        values = jax.device_get(measure(setup.model, setup.task, pick(params), batch))
+        values = jax.device_get(measure(s.model, s.task, pick(params), batch))
         return {k: np.asarray(v)[::-1].tolist() for k, v in values.items()}  # by distance
 
-    return {"workdir": workdir, "task": setup.task.name, "seq_len": config.seq_len,
-            "cell": config.model.cell, "gru_variant": config.model.gru_variant,
-            "init": config.model.init, "hidden_size": config.model.hidden_size,
-            "seed": config.seed + seed_index,
+    m = config.to_dict()["model"]  # the names as the config spells them
+    return {"workdir": workdir, "task": s.task.name, "seq_len": s.run.seq_len,
+            "cell": m["cell"], "gru_variant": m["gru_variant"], "init": m["init"],
+            "hidden_size": m["hidden_size"], "seed": s.run.seed + seed_index,
             "trained_step": None if trained is None else int(trained.step[seed_index]),
-            "distance": list(range(setup.task.length)),
+            "distance": list(range(s.task.length)),
             "at_init": run(state.params),
             "trained": None if trained is None else run(trained.params)}
 
@@ -210,18 +210,18 @@ def probe_csv(probes: list[dict[str, Any]]) -> str:
 
 def plot_probes(probes: list[dict[str, Any]], path: str) -> None:
     """Both measures against distance, log y: solid = trained, dashed = at init."""
-    plt = report._pyplot()  # noqa: SLF001  (the report's Agg setup and colours)
+    plt = report.pyplot()  # the report's Agg setup and colours
     settings = [report.Setting(p["task"], p["cell"], p["gru_variant"] if p["cell"] == "gru"
                                else "", p["init"], p["hidden_size"]) for p in probes]
-    styles = report._styles(settings)  # noqa: SLF001
-    with_size = report._sizes_differ(settings)  # noqa: SLF001
+    style_of = report.styles(settings)
+    with_size = report.sizes_differ(settings)
     if len({s.cell for s in settings}) < len(settings):  # e.g. one cell, several inits
         palette = plt.get_cmap("tab10").colors
-        styles = {s: {"color": palette[i % len(palette)]} for i, s in enumerate(settings)}
+        style_of = {s: {"color": palette[i % len(palette)]} for i, s in enumerate(settings)}
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), squeeze=False)
     for ax, (name, title) in zip(axes[0], MEASURES.items()):
         for p, s in zip(probes, settings):
-            color = styles[s]["color"]
+            color = style_of[s]["color"]
             tag = f"{report.label(s, with_size)} {p['task']} T={p['seq_len']}"
             floor = lambda v: np.maximum(np.asarray(v), 1e-30)  # noqa: E731  (log axis)
             ax.plot(p["distance"], floor(p["at_init"][name]), color=color, linestyle="--",
@@ -237,14 +237,14 @@ def plot_probes(probes: list[dict[str, Any]], path: str) -> None:
     axes[0][1].legend(fontsize=7, loc="best")
     fig.suptitle("gradient flow: solid = trained, dashed = at initialisation", fontsize=10)
     fig.tight_layout()
-    report._save(fig, plt, path)  # noqa: SLF001
+    report.save_figure(fig, plt, path)
 
 
 def write_probes(probes: list[dict[str, Any]], out: str) -> dict[str, str]:
     os.makedirs(out, exist_ok=True)
     paths = {n: os.path.join(out, n) for n in ("probe.json", "probe.csv", "probe.png")}
-    report._atomic_write(paths["probe.json"], json.dumps(probes, indent=1) + "\n")  # noqa: SLF001
-    report._atomic_write(paths["probe.csv"], probe_csv(probes))  # noqa: SLF001
+    files.atomic_write(paths["probe.json"], json.dumps(probes, indent=1) + "\n")
+    files.atomic_write(paths["probe.csv"], probe_csv(probes))
     plot_probes(probes, paths["probe.png"])
     return paths
 

@@ -5,7 +5,7 @@ finished when `experiments/train.py` has written its `result.json`. The report r
 files (and each finished workdir's `metrics.jsonl` for the learning curves), so the report made
 after sharded runs is the same as the one made after a single run.
 
-Outputs, written into the root (each atomically: tmp file + `os.replace`):
+Outputs, written into the root (each with `files.atomic_write`):
 - `results.csv`: one row per run and seed.
 - `summary.md`: the memory-horizon table and the per-`T` numbers behind it.
 - `loss_vs_len.png`, `learning_curves.png`, `horizon.png`.
@@ -28,9 +28,11 @@ import json
 import math
 import os
 import sys
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
+
+from experiments import files
 
 CSV_FIELDS = (
     "task", "cell", "gru_variant", "init", "hidden_size", "seq_len", "seed", "steps",
@@ -256,7 +258,8 @@ def _ended(runs: list[Row]) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib  # noqa: PLC0415  (a backend must be chosen before pyplot loads)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -269,24 +272,25 @@ _LINES = {"default": "-", "forget_bias": "--", "chrono": ":", "torch": "-."}
 _MARKERS = {"default": "o", "forget_bias": "s", "chrono": "^", "torch": "v"}
 
 
-def _styles(settings) -> dict[Setting, dict[str, str]]:
-    """Colour by cell (GRU variant, and hidden size where several), line and marker by init.
+def styles(settings: Iterable[Setting]) -> dict[Setting, dict[str, str]]:
+    """Matplotlib styles: colour by cell (GRU variant, and hidden size where several), line and
+    marker by init (`plot(..., **styles(settings)[s])`).
 
     The same setting gets the same style in every plot.
     """
-    with_size = _sizes_differ(settings)
-    colors, extra, styles = {}, iter(_MORE_COLORS * 4), {}
+    with_size = sizes_differ(settings)
+    colors, extra, out = {}, iter(_MORE_COLORS * 4), {}
     for s in sorted(settings):
         cell = label(s, with_size).split("/")[0], s.hidden_size if with_size else 0
         if cell not in colors:
             base = _COLORS.get(cell[0])
             colors[cell] = base if base and base not in colors.values() else next(extra)
-        styles[s] = dict(color=colors[cell], linestyle=_LINES.get(s.init, "-"),
+        out[s] = dict(color=colors[cell], linestyle=_LINES.get(s.init, "-"),
                          marker=_MARKERS.get(s.init, "o"))
-    return styles
+    return out
 
 
-def _sizes_differ(settings) -> bool:
+def sizes_differ(settings: Iterable[Setting]) -> bool:
     """True when one cell/init appears with several hidden sizes (labels must then show H)."""
     sizes = collections.defaultdict(set)
     for s in settings:
@@ -294,11 +298,12 @@ def _sizes_differ(settings) -> bool:
     return any(len(v) > 1 for v in sizes.values())
 
 
-def _save(fig, plt, path: str) -> None:
+def save_figure(fig, plt, path: str) -> None:
+    """Writes `fig` as a PNG (110 dpi) to `path` atomically and closes it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    files.atomic_write(path, buf.getvalue())
 
 
 def _length_ticks(ax, lengths: list[int]) -> None:
@@ -309,10 +314,10 @@ def _length_ticks(ax, lengths: list[int]) -> None:
 
 def plot_loss_vs_len(rows: list[Row], path: str) -> None:
     """Plot 1: final normalized loss against T (log-log) per cell/init; band and dots = seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     tasks = sorted({r["task"] for r in rows})
     by_setting = _group(rows, setting_of)
-    styles, with_size = _styles(by_setting), _sizes_differ(by_setting)
+    style_of, with_size = styles(by_setting), sizes_differ(by_setting)
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for s, group in by_setting.items():
@@ -321,7 +326,7 @@ def plot_loss_vs_len(rows: list[Row], path: str) -> None:
             per_t = _group(group, _seq_len)
             ts = np.array(list(per_t))
             values = [np.array([r["normalized_loss"] for r in g]) for g in per_t.values()]
-            st = styles[s]
+            st = style_of[s]
             ax.plot(ts, [v.mean() for v in values], label=label(s, with_size), **st)
             ax.fill_between(ts, [v.min() for v in values], [v.max() for v in values],
                             color=st["color"], alpha=0.12, linewidth=0)
@@ -338,7 +343,7 @@ def plot_loss_vs_len(rows: list[Row], path: str) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, plt, path)
+    save_figure(fig, plt, path)
 
 
 def read_curve(root: str, workdir: str, baseline: float) -> tuple[np.ndarray, np.ndarray]:
@@ -376,14 +381,14 @@ def read_curve(root: str, workdir: str, baseline: float) -> tuple[np.ndarray, np
 
 def plot_learning_curves(rows: list[Row], root: str, path: str) -> None:
     """Plot 2: eval normalized loss against step; one panel per (task, T), a line per setting."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = sorted({(r["task"], r["seq_len"]) for r in rows})
     ncols = min(4, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.4 * nrows + 0.8),
                              squeeze=False)
     by_setting = _group(rows, setting_of)
-    styles, with_size = _styles(by_setting), _sizes_differ(by_setting)
+    style_of, with_size = styles(by_setting), sizes_differ(by_setting)
     handles = {}
     for ax, (task, t) in zip(axes.flat, panels):
         for s, group in by_setting.items():
@@ -392,7 +397,7 @@ def plot_learning_curves(rows: list[Row], root: str, path: str) -> None:
                 steps, values = read_curve(root, workdir, read_result(root, workdir)["baseline"])
                 if not len(steps):
                     continue
-                st = styles[s]
+                st = style_of[s]
                 (line,) = ax.plot(steps, values.mean(axis=1), color=st["color"],
                                   linestyle=st["linestyle"])
                 handles.setdefault(label(s, with_size), line)
@@ -413,15 +418,15 @@ def plot_learning_curves(rows: list[Row], root: str, path: str) -> None:
                title="line = seed mean, band = seed range, dashed gray = memoryless baseline",
                title_fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_size_inches()[1]))
-    _save(fig, plt, path)
+    save_figure(fig, plt, path)
 
 
 def plot_horizon(rows: list[Row], path: str) -> None:
     """Plot 3: the memory horizon of each cell/init as a bar (log scale), a panel per task."""
-    plt = _pyplot()
+    plt = pyplot()
     hs = horizons(rows)
     tasks = sorted({s.task for s in hs})
-    styles, with_size = _styles(hs), _sizes_differ(hs)
+    style_of, with_size = styles(hs), sizes_differ(hs)
     width = max(4.8, 1.0 * max(sum(s.task == t for s in hs) for t in tasks) + 1.5)
     fig, axes = plt.subplots(1, len(tasks), figsize=(width * len(tasks), 4.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -431,7 +436,7 @@ def plot_horizon(rows: list[Row], path: str) -> None:
         for i, s in enumerate(settings):
             h = hs[s]
             top = h.seq_len or bottom * 1.15
-            ax.bar(i, top - bottom, bottom=bottom, color=styles[s]["color"],
+            ax.bar(i, top - bottom, bottom=bottom, color=style_of[s]["color"],
                    alpha=0.85 if h.seq_len else 0.25, hatch="//" if h.at_largest else None,
                    edgecolor="black", linewidth=0.6)
             ax.text(i, top * 1.07, h.text(), ha="center", va="bottom", fontsize=9)
@@ -448,17 +453,10 @@ def plot_horizon(rows: list[Row], path: str) -> None:
                      fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    _save(fig, plt, path)
+    save_figure(fig, plt, path)
 
 
 # ----------------------------------------------------------------------------- entry
-
-
-def _atomic_write(path: str, data: str | bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def write_report(root: str) -> Report:
@@ -472,8 +470,8 @@ def write_report(root: str) -> Report:
         raise ValueError(f"report root={root!r}: no finished run ({RESULT_FILE}) under it")
     paths = {name: os.path.join(root, name)
              for name in ("results.csv", "summary.md", *PLOT_FILES)}
-    _atomic_write(paths["results.csv"], results_csv(rows))
-    _atomic_write(paths["summary.md"], summary_markdown(rows, root))
+    files.atomic_write(paths["results.csv"], results_csv(rows))
+    files.atomic_write(paths["summary.md"], summary_markdown(rows, root))
     plot_loss_vs_len(rows, paths["loss_vs_len.png"])
     plot_learning_curves(rows, root, paths["learning_curves.png"])
     plot_horizon(rows, paths["horizon.png"])

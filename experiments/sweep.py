@@ -32,7 +32,6 @@ import ast
 import copy
 import importlib
 import json
-import logging as std_logging
 import os
 import time
 import traceback
@@ -41,9 +40,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import ml_collections
 from absl import app, flags
-from absl import logging as absl_logging
 
-from experiments import parallel, probe, report, tasks, train
+from experiments import checkpoint, checks, files, parallel, probe, report, tasks, train
 from experiments.configs import sweeps
 from gated_rnn import gru, layers
 
@@ -76,8 +74,7 @@ class Point(NamedTuple):
 
 def _check_names(field: str, values: Sequence[str], valid: Sequence[str]) -> None:
     for v in values:
-        if v not in valid:
-            raise ValueError(f"{field}: unknown value {v!r}; valid: {sorted(valid)}")
+        checks.one_of(field, v, valid)
 
 
 def resolve_grid(name: str, *, tasks_: Sequence[str] | None = None,
@@ -129,10 +126,8 @@ def resolve_grid(name: str, *, tasks_: Sequence[str] | None = None,
         _check_names("--inits", spec["inits"], [i.value for i in layers.Init])
         _check_names("--gru_variants", spec["gru_variants"], [v.value for v in gru.Variant])
         for t in spec["seq_lens"]:
-            if not isinstance(t, int) or t < 1:
-                raise ValueError(f"--seq_lens: expected integers >= 1, got {t!r}")
-        if not isinstance(spec["num_seeds"], int) or spec["num_seeds"] < 1:
-            raise ValueError(f"--num_seeds: expected an integer >= 1, got {spec['num_seeds']!r}")
+            checks.integer("--seq_lens", t)
+        checks.integer("--num_seeds", spec["num_seeds"])
         out[task] = spec
     return {"name": name, "tasks": out}
 
@@ -232,36 +227,75 @@ def _check_same_config(workdir: str, point: Point, config: ml_collections.Config
     wanted = json.loads(json.dumps(config.to_dict(), default=str))
     if not os.path.exists(path):
         os.makedirs(workdir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"point": point._asdict(), "config": wanted}, f, indent=1, sort_keys=True)
-        os.replace(path + ".tmp", path)
+        files.atomic_write(path, json.dumps({"point": point._asdict(), "config": wanted},
+                                            indent=1, sort_keys=True))
         return False
     with open(path) as f:
         stored = json.load(f)["config"]
-    diff = _diff(stored, wanted)
+    diff = checkpoint.differing_keys(stored, wanted, shared_only=True)
     if diff:
         raise ValueError(f"{workdir}: this point was started with another config (differs in "
                          f"{diff}); use a new --root or delete the workdir")
     return True
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted names of the fields whose values differ (fields in both a and b only)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) & set(b)) for d in _diff(a[k], b[k], f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 class Outcome(NamedTuple):
+    """The point names (`Point.name`) that `run_points` trained, skipped and saw fail."""
+
     ran: list[str]
     skipped: list[str]
     failed: list[str]
 
 
+def run_point(point: Point, config: ml_collections.ConfigDict, workdir: str, *,
+              train_fn: Callable[[ml_collections.ConfigDict, str], Any] | None = None,
+              tag: str | None = None) -> str:
+    """Trains one point in `workdir` unless it is finished; the unit `run_points` repeats.
+
+    Records the config on the first run and refuses (ValueError) another config on a later one
+    (`sweep_point.json`); skips a finished workdir (`result.json` present); otherwise trains,
+    resuming from the last checkpoint. A point that raises is reported, not raised: it has no
+    `result.json`, so the next call retries it.
+
+    Args:
+      point: the grid point (recorded with the config).
+      config: its training config (e.g. `make_config(grid, point)`).
+      workdir: where it trains.
+      train_fn: `(config, workdir)` -> anything; `train.train_and_evaluate` by default.
+      tag: the prefix of the progress lines (default: the point's name).
+
+    Returns:
+      "ran", "skipped" (finished before) or "failed".
+    """
+    train_fn = train_fn or train.train_and_evaluate
+    tag = tag or point.name
+    resumed = _check_same_config(workdir, point, config)
+    if os.path.exists(os.path.join(workdir, report.RESULT_FILE)):
+        print(f"{tag}: finished before, skipped", flush=True)
+        return "skipped"
+    print(f"{tag}: {'resuming' if resumed else 'start'} ({config.num_seeds} seeds, "
+          f"{config.train.steps} steps)", flush=True)
+    start = time.time()
+    try:
+        train_fn(config, workdir)
+    except Exception:  # noqa: BLE001  (one diverged point must not stop a sweep)
+        traceback.print_exc()
+        print(f"{tag}: FAILED after {time.time() - start:.0f}s", flush=True)
+        return "failed"
+    finally:
+        jax.clear_caches()  # every point compiles its own step; keep memory flat
+    with open(os.path.join(workdir, report.RESULT_FILE)) as f:
+        result = json.load(f)
+    print(f"{tag}: done in {time.time() - start:.0f}s, solved "
+          f"{sum(s['solved'] for s in result['seeds'])}/{len(result['seeds'])}, "
+          f"loss/baseline {_seed_values(result, 'normalized_loss')}", flush=True)
+    return "ran"
+
+
 def run_points(grid: dict[str, Any], points: Sequence[Point], root: str, *,
                train_fn: Callable[[ml_collections.ConfigDict, str], Any] | None = None
                ) -> Outcome:
-    """Trains each point not finished yet, one after the other, in this process.
+    """Trains each point not finished yet, one after the other, in this process (`run_point`).
 
     A point that raises is reported and the sweep goes on; it has no `result.json`, so the next
     run of the same command retries it (from its last checkpoint).
@@ -272,35 +306,12 @@ def run_points(grid: dict[str, Any], points: Sequence[Point], root: str, *,
       root: the sweep root; point p trains in `root/p.name`.
       train_fn: `(config, workdir)` -> anything; `train.train_and_evaluate` by default.
     """
-    train_fn = train_fn or train.train_and_evaluate
-    ran, skipped, failed = [], [], []
+    outcome = Outcome([], [], [])
     for n, point in enumerate(points, 1):
-        workdir = os.path.join(root, point.name)
-        config = make_config(grid, point)
-        tag = f"[{n}/{len(points)}] {point.name}"
-        resumed = _check_same_config(workdir, point, config)
-        if os.path.exists(os.path.join(workdir, report.RESULT_FILE)):
-            print(f"{tag}: finished before, skipped", flush=True)
-            skipped.append(point.name)
-            continue
-        print(f"{tag}: {'resuming' if resumed else 'start'} ({config.num_seeds} seeds, "
-              f"{config.train.steps} steps)", flush=True)
-        start = time.time()
-        try:
-            train_fn(config, workdir)
-        except Exception:  # noqa: BLE001  (one diverged point must not stop a sweep)
-            traceback.print_exc()
-            print(f"{tag}: FAILED after {time.time() - start:.0f}s", flush=True)
-            failed.append(point.name)
-            continue
-        finally:
-            jax.clear_caches()  # every point compiles its own step; keep memory flat
-        result = report.read_result(root, point.name)
-        print(f"{tag}: done in {time.time() - start:.0f}s, solved "
-              f"{sum(s['solved'] for s in result['seeds'])}/{len(result['seeds'])}, "
-              f"loss/baseline {_seed_values(result, 'normalized_loss')}", flush=True)
-        ran.append(point.name)
-    return Outcome(ran, skipped, failed)
+        how = run_point(point, make_config(grid, point), os.path.join(root, point.name),
+                        train_fn=train_fn, tag=f"[{n}/{len(points)}] {point.name}")
+        getattr(outcome, how).append(point.name)
+    return outcome
 
 
 def _seed_values(result: dict[str, Any], key: str) -> str:
@@ -338,14 +349,6 @@ def _define_flags() -> None:
                       "'none' skips it)")
 
 
-def _quiet_library_logs() -> None:
-    """Keeps the trainer's progress lines; drops orbax's and XLA's INFO chatter."""
-    def keep(record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or not any(
-            part in record.pathname for part in ("/orbax/", "xla_bridge"))
-    absl_logging.get_absl_handler().addFilter(keep)
-
-
 def finish(root: str, probe_at: Sequence[str] = ()) -> None:
     """Writes and prints the report; then the gradient-flow probe at each "TASK:T" of probe_at."""
     report.print_report(report.write_report(root))
@@ -371,7 +374,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    _quiet_library_logs()
+    parallel.quiet_library_logs()
     probe_at = f.probe or sweeps.GRIDS.get(f.grid, {}).get("probe", ())
     if f.aggregate_only:
         finish(f.root, probe_at)

@@ -18,7 +18,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import parallel as parallel_bench  # noqa: E402
 from experiments import parallel, train  # noqa: E402
+from experiments import setup as setup_lib  # noqa: E402
 from tests import helpers  # noqa: E402
 
 
@@ -42,7 +44,7 @@ def local(out):
     assert jax.device_count() == 4, jax.devices()
     res = {}
     config = helpers.smoke_config()
-    single = train.make_setup(config)
+    single = setup_lib.build(config)
     dp = single._replace(layout=parallel.make_layout(config))
     state = train.create_train_state(single, seed=0)
     batch = train.sample_batch(single, state)
@@ -57,14 +59,14 @@ def local(out):
     res["opt_single"], res["opt_dp"] = flat(new.opt_state), flat(dp_new.opt_state)
     res["metrics_single"] = flat([metrics[k] for k in sorted(metrics)])
     res["metrics_dp"] = flat([dp_metrics[k] for k in sorted(dp_metrics)])
-    total, inside = parallel.all_reduce_counts(dp_step.as_text())
+    total, inside = parallel_bench.all_reduce_counts(dp_step.as_text())
     res["hlo_batch"] = np.array([total, inside])
 
     _, res["curve_single"] = run_steps(single, state, 12)
     _, res["curve_dp"] = run_steps(dp, dp_state, 12, dp_step)
 
     config = helpers.smoke_config(num_seeds=4, **{"parallel.shard": "seeds"})
-    single = train.make_setup(config)
+    single = setup_lib.build(config)
     sharded = single._replace(layout=parallel.make_layout(config))
     state = train.create_train_state(single, seed=3, num_seeds=4)
     s_state = parallel.to_global(sharded.layout, state)
@@ -74,7 +76,7 @@ def local(out):
     end, res["seeds_curve_single"] = run_steps(single, state, 5)
     s_end, res["seeds_curve_sharded"] = run_steps(sharded, s_state, 5, s_step)
     res["seeds_single"], res["seeds_sharded"] = flat(end.params), flat(s_end.params)
-    total, inside = parallel.all_reduce_counts(s_step.as_text())
+    total, inside = parallel_bench.all_reduce_counts(s_step.as_text())
     res["hlo_seeds"] = np.array([total, inside])
 
     errors = []
@@ -99,7 +101,7 @@ def process(out, port, process_id, workdir):
         "distributed.coordinator_bind_address": f"127.0.0.1:{port}",
         "distributed.num_processes": 2, "distributed.process_id": process_id,
         "distributed.initialization_timeout_s": 60, "distributed.heartbeat_timeout_s": 6})
-    train.make_setup(config)  # starts jax.distributed
+    setup_lib.build(config)  # starts jax.distributed
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
     original, calls = train.train_step, []
 

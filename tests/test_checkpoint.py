@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import checkpoint, train
+from experiments import setup as setup_lib
 from tests import helpers
 
 
@@ -81,8 +82,8 @@ def test_damaged_latest_falls_back(reference, tmp_path, kind):
     ckpts = os.path.join(workdir, "checkpoints")
     _damage(ckpts, kind)
 
-    manager = train.checkpoint_manager(workdir, reference[0])
-    target = train.create_train_state(train.make_setup(reference[0]), 0)
+    manager = checkpoint.manager(workdir, reference[0].train.max_checkpoints)
+    target = train.create_train_state(setup_lib.build(reference[0]), 0)
     restored, skipped = checkpoint.restore_latest(manager, target)
     manager.close()
     if kind == "uncommitted_tmp":  # never listed, never read
@@ -104,14 +105,14 @@ def test_restore_checks_contents(reference, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(reference[1], workdir)
     config = reference[0]
-    target = train.create_train_state(train.make_setup(config), 0)
+    target = train.create_train_state(setup_lib.build(config), 0)
     bad = target._replace(step=target.step + 7,  # stored step 7 in directory 60
                           params=jax.tree.map(lambda x: x * np.nan, target.params))
     with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as keep_all:
         keep_all.save(60, args=ocp.args.StandardSave(bad._replace(params=target.params)))
         keep_all.save(70, args=ocp.args.StandardSave(bad._replace(step=bad.step + 63)))
         keep_all.wait_until_finished()
-    manager = train.checkpoint_manager(workdir, config)
+    manager = checkpoint.manager(workdir, config.train.max_checkpoints)
     restored, skipped = checkpoint.restore_latest(manager, target)
     manager.close()
     assert [s.step for s in skipped] == [70, 60]
@@ -131,7 +132,8 @@ def test_other_config_is_refused_listing_keys(reference, tmp_path):
     assert sorted(_files(workdir)) == before  # nothing written or moved
 
     # Fields that do not change the numbers may differ.
-    checkpoint.check_config(workdir, helpers.smoke_config(**{"train.progress_every_secs": 99.0}))
+    checkpoint.check_config(workdir, helpers.smoke_config(
+        **{"train.progress_every_secs": 99.0}).to_json_best_effort(indent=2))
 
     other = helpers.smoke_config(seed=1)
     other.train.fresh_start = True

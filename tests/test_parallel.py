@@ -22,7 +22,9 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks import parallel as parallel_bench
 from experiments import parallel, train
+from experiments import setup as setup_lib
 from tests import helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -111,7 +113,7 @@ def test_all_reduce_counter_sees_one_inside_a_loop():
 
     f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=parallel.P(parallel.AXIS),
                               out_specs=parallel.P(parallel.AXIS), check_vma=False))
-    total, in_loop = parallel.all_reduce_counts(f.lower(np.ones(4, np.float32)).compile()
+    total, in_loop = parallel_bench.all_reduce_counts(f.lower(np.ones(4, np.float32)).compile()
                                                 .as_text())
     assert total >= 1 and in_loop == 1
 
@@ -120,7 +122,7 @@ def test_all_reduce_counter_sees_one_inside_a_loop():
 
 def test_one_device_mesh_step_equals_plain_step():
     config = helpers.smoke_config()
-    setup = train.make_setup(config)
+    setup = setup_lib.build(config)
     meshed = setup._replace(layout=parallel.make_layout(config))
     assert meshed.layout.num_devices == jax.device_count() == 1
     state = train.create_train_state(setup, seed=0)
@@ -206,7 +208,7 @@ def _two_processes(tmp_path, name):
 @pytest.fixture(scope="module")
 def single_process_params():
     """The copy smoke run's final params (40 steps) on this process's one device, no mesh."""
-    setup = train.make_setup(helpers.smoke_config())
+    setup = setup_lib.build(helpers.smoke_config())
     state = train.create_train_state(setup, seed=0)
     for _ in range(40):
         state, _ = train.train_step(setup, state, train.sample_batch(setup, state))

@@ -17,6 +17,7 @@ from jax import enable_x64
 
 from experiments import model as model_lib
 from experiments import probe, report, sweep, tasks, train
+from experiments import setup as setup_lib
 from gated_rnn import lstm, rnn
 
 
@@ -102,7 +103,7 @@ def test_lstm_gain_matches_finite_differences_over_h_and_c(key):
 def test_input_gradients_match_finite_differences_of_each_sequence_loss(key):
     config = sweep.make_config(sweep.resolve_grid("smoke", tasks_=["adding"], cells=["gru"]),
                                sweep.Point("adding", "gru", "reset_after", "default", 6))
-    setup = train.make_setup(config)
+    setup = setup_lib.build(config)
     with enable_x64():
         model = setup.model._replace(spec=dataclasses.replace(setup.model.spec,
                                                               dtype=jnp.float64))

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from experiments import checkpoint, train
+from experiments import setup as setup_lib
 from gated_rnn import layers
 from scripts import fault_injection
 from tests import helpers
@@ -137,7 +138,7 @@ def test_skip_nonfinite_counts_skipped_updates(tmp_path, monkeypatch):
     config = helpers.smoke_config(**FAULT_INJECTION, seed=3)
     config.train.skip_nonfinite = True
     first_is_one = lambda batch: batch.inputs[0, 0, 1] == 1  # noqa: E731
-    setup = train.make_setup(config)
+    setup = setup_lib.build(config)
     state = train.create_train_state(setup, config.seed)
     expected = []  # independent count: sample each step's batch directly
     for n in range(STEPS):

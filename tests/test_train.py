@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import setup as setup_lib
 from experiments import train
 from experiments.configs import adding as adding_config
 from experiments.configs import copy as copy_config
@@ -46,7 +47,7 @@ def _first_seed(tree):
 
 @pytest.mark.parametrize("task", ["copy", "adding"])
 def test_first_steps_match_golden(task):
-    setup = train.make_setup(helpers.smoke_config(task))
+    setup = setup_lib.build(helpers.smoke_config(task))
     state = train.create_train_state(setup, seed=0)
     _, metrics = _steps(setup, state, 3)
     got = {"loss": [float(m["loss"][0]) for m in metrics],
@@ -83,7 +84,7 @@ def test_first_step_against_numpy():
     """Step 1's loss equals a NumPy forward on the batch of fold_in(data_key, 0); the update is
     clip_by_global_norm(1) then RMSProp(lr 1e-3, decay 0.9, eps 1e-8, nu_0 = 0)."""
     config = helpers.smoke_config("adding")
-    setup = train.make_setup(config)
+    setup = setup_lib.build(config)
     state = train.create_train_state(setup, seed=0)
     new_state, metrics = train.train_step(setup, state, train.sample_batch(setup, state))
     one = _first_seed(state)
@@ -131,8 +132,8 @@ def _without_timing(rows):
 
 def test_short_run_lowers_loss_and_writes_outputs(smoke_run):
     config, workdir, state = smoke_run
-    setup = train.make_setup(config)
-    initial = train.evaluate(setup, train.create_train_state(setup, config.seed))["eval"]
+    setup = setup_lib.build(config)
+    initial = train.evaluate(setup, train.create_train_state(setup, config.seed))["eval"].metrics
     with open(os.path.join(workdir, "result.json")) as f:
         result = json.load(f)
     final = result["seeds"][0]
@@ -236,7 +237,7 @@ def test_vmapped_seeds_equal_separate_runs():
     Not bitwise: XLA lowers the vmapped (batched) matmuls differently, which moves the last bit
     (measured on CPU: max |param diff| 6e-8 after 5 and after 40 steps, losses within 2.4e-7).
     """
-    setup = train.make_setup(helpers.smoke_config("copy"))
+    setup = setup_lib.build(helpers.smoke_config("copy"))
     together = train.create_train_state(setup, seed=5, num_seeds=2)
     together, m_together = _steps(setup, together, 5)
     for i in range(2):
@@ -257,7 +258,7 @@ def _seed_data_key(seed):
 
 def test_train_step_compiles_once():
     """The state train_step returns has the types of the one it takes: no retrace on call 2."""
-    setup = train.make_setup(helpers.smoke_config("copy"))
+    setup = setup_lib.build(helpers.smoke_config("copy"))
     state = train.create_train_state(setup, seed=0, num_seeds=2)
     before = train.train_step._cache_size()
     state, _ = train.train_step(setup, state, train.sample_batch(setup, state))
@@ -322,9 +323,9 @@ def test_config_args():
 
 def test_chrono_max_len_follows_seq_len():
     config = helpers.smoke_config("copy", **{"model.init": "chrono", "seq_len": 30})
-    assert train.make_setup(config).model.spec.chrono_max_len == 50  # T + 20 input steps
+    assert setup_lib.build(config).model.spec.chrono_max_len == 50  # T + 20 input steps
     config.model.chrono_max_len = 7
-    assert train.make_setup(config).model.spec.chrono_max_len == 7
+    assert setup_lib.build(config).model.spec.chrono_max_len == 7
 
 
 @pytest.mark.slow

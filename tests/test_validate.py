@@ -1,6 +1,6 @@
-"""Pins experiments/validate.py: each bad config value gets one line naming the flag, the value
-and what is allowed; the shipped configs pass; `python -m experiments.main` exits non-zero with
-that line and writes nothing."""
+"""Pins experiments/setup.py's validation (`setup.validate`): each bad config value gets one line
+naming the flag, the value and what is allowed; the shipped configs pass; `python -m
+experiments.main` exits non-zero with that line and writes nothing."""
 
 import os
 import subprocess
@@ -10,7 +10,8 @@ import jax
 import pytest
 from unittest import mock
 
-from experiments import parallel, validate
+from experiments import parallel
+from experiments import setup as setup_lib
 from experiments.configs import adding as adding_config
 from experiments.configs import copy as copy_config
 from tests import helpers
@@ -70,7 +71,7 @@ BAD = [
                          ids=[",".join(f"{k}={v}" for k, v in o.items()) for _, o, _ in BAD])
 def test_bad_value_is_named_in_one_line(task, overrides, message):
     with pytest.raises(ValueError, match=message) as info:
-        validate.validate(helpers.smoke_config(task, **overrides))
+        setup_lib.validate(helpers.smoke_config(task, **overrides))
     assert "\n" not in str(info.value)
 
 
@@ -94,7 +95,7 @@ def test_batch_not_divisible_by_devices():
 @pytest.mark.parametrize("arg", ["smoke", None, "seq_len=200"])
 @pytest.mark.parametrize("module", [copy_config, adding_config])
 def test_shipped_configs_pass(module, arg):
-    validate.validate(module.get_config(arg))
+    setup_lib.validate(module.get_config(arg))
 
 
 def test_main_exits_with_one_line_and_writes_nothing(tmp_path):

@@ -17,8 +17,9 @@ Fields (users type these names):
   model.chrono_max_len (unset: the task's input length), model.unroll
   train.steps, train.batch_size, train.optimizer (rmsprop/adam), train.learning_rate,
   train.rmsprop_decay, train.eps, train.clip (global-norm clip; 0 disables),
-  train.schedule (constant/cosine; train.warmup_steps adds a linear warmup), train.warmup_steps, train.log_every,
-  train.eval_every, train.checkpoint_every, train.max_checkpoints, train.progress_every_secs,
+  train.schedule (constant/cosine), train.warmup_steps (a linear warmup first), train.log_every,
+  train.eval_every (stop_when_solved reads these evals), train.checkpoint_every,
+  train.max_checkpoints, train.progress_every_secs,
   train.skip_nonfinite (skip and count non-finite updates), train.fresh_start (move an existing
   run aside instead of resuming it), train.stop_when_solved (finish after the first eval at which
   every seed is solved; on in sweeps and the horizon search)
@@ -31,6 +32,8 @@ Fields (users type these names):
   distributed.auto (detect the cluster from the environment, e.g. SLURM),
   distributed.initialization_timeout_s, distributed.heartbeat_timeout_s
   (see experiments/parallel.py)
+`experiments/setup.py` validates every field (one line naming `--config.FIELD`) and turns them
+into typed values; no other module reads them.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ import enum
 from typing import Any, Callable, NamedTuple
 
 import jax
-import numpy as np
+
+from experiments import checks
 
 
 class Readout(str, enum.Enum):
@@ -64,13 +65,6 @@ class Task(NamedTuple):
     solved: Callable[[dict], Any]
 
 
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """Returns `value` if it is an int >= minimum, else raises ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 # Imported after Task/Batch exist: the task modules build them.
 from experiments.tasks import adding, copy  # noqa: E402
 
@@ -79,6 +73,5 @@ TASKS: dict[str, Callable[..., Task]] = {"copy": copy.make, "adding": adding.mak
 
 def make(name: str, **kwargs: Any) -> Task:
     """Builds task `name` from `TASKS` with its keyword options (seq_len, ...)."""
-    if name not in TASKS:
-        raise ValueError(f"task.name: unknown task {name!r}; valid: {sorted(TASKS)}")
+    checks.one_of("task.name", name, TASKS, "task")
     return TASKS[name](**kwargs)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from experiments import tasks
+from experiments import checks, tasks
 
 FORMS = ("arjovsky", "hochreiter")
 INPUT_SIZE = 2    # value, marker
@@ -71,9 +71,8 @@ def make(*, seq_len: int, form: str = "arjovsky") -> tasks.Task:
     Returns:
       A Task with readout at the last step.
     """
-    if form not in FORMS:
-        raise ValueError(f"task.form: unknown adding form {form!r}; valid: {list(FORMS)}")
-    seq_len = tasks.check_positive_int("seq_len", seq_len, 2 if form == "arjovsky" else 6)
+    checks.one_of("task.form", form, FORMS, "adding form")
+    seq_len = checks.integer("seq_len", seq_len, 2 if form == "arjovsky" else 6)
     half = seq_len // 2
     base = baseline(seq_len, form)
 

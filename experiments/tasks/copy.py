@@ -31,7 +31,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from experiments import tasks
+from experiments import checks, tasks
 
 NUM_RECALL = 10  # symbols to copy
 NUM_DATA = 8     # data symbols 1..8
@@ -56,7 +56,7 @@ def make(*, seq_len: int, variable_delay: bool = False) -> tasks.Task:
     Returns:
       A Task with readout at every step.
     """
-    seq_len = tasks.check_positive_int("seq_len", seq_len)
+    seq_len = checks.integer("seq_len", seq_len)
     if not isinstance(variable_delay, bool):
         raise ValueError(f"task.variable_delay: expected a bool, got {variable_delay!r}")
     length = seq_len + 2 * NUM_RECALL
