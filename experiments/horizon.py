@@ -42,7 +42,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from absl import app, flags
 
-from experiments import outputs, parallel, report, sweep
+from experiments import files, parallel, report, sweep
 from experiments.configs import recipes, sweeps
 
 HORIZON_FILE = "horizon.json"
@@ -280,7 +280,7 @@ def horizon_table(entries: Sequence[dict]) -> str:
 
 def write_horizons(root: str, entries: Sequence[dict]) -> str:
     path = os.path.join(root, HORIZON_FILE)
-    outputs.atomic_write(path, json.dumps(list(entries), indent=1) + "\n")
+    files.atomic_write(path, json.dumps(list(entries), indent=1) + "\n")
     return path
 
 
@@ -358,7 +358,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    sweep._quiet_library_logs()  # noqa: SLF001
+    parallel.quiet_library_logs()
     try:  # bad flags: one line, exit 2, nothing written
         grid = _resolve(f)
         plans = _plans(grid, f)

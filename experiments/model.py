@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from experiments import tasks
 from gated_rnn import initializers, layers
@@ -42,14 +41,6 @@ def build(task: tasks.Task, *, cell: Any, gru_variant: Any, hidden_size: int, nu
                        chrono_max_len=task.length if chrono_max_len is None else chrono_max_len)
     return Model(spec=spec, plan=layers.Plan(unroll=unroll), output_size=task.output_size,
                  readout=tasks.Readout(task.readout))
-
-
-def from_config(config: ml_collections.ConfigDict, task: tasks.Task) -> Model:
-    """`build` with the config's `model` fields."""
-    m = config.model
-    return build(task, cell=m.cell, gru_variant=m.gru_variant, hidden_size=m.hidden_size,
-                 num_layers=m.num_layers, init=m.init, forget_bias=m.forget_bias,
-                 chrono_max_len=m.chrono_max_len, unroll=m.unroll)
 
 
 def init(key: jax.Array, model: Model) -> dict[str, Any]:

@@ -295,6 +295,13 @@ def _optimizer(t: ml_collections.ConfigDict) -> Optimizer:
                      skip_nonfinite=bool(t.get("skip_nonfinite", False)))
 
 
+def _model(m: ml_collections.ConfigDict, task: tasks.Task) -> model_lib.Model:
+    return model_lib.build(task, cell=m.cell, gru_variant=m.gru_variant,
+                           hidden_size=m.hidden_size, num_layers=m.num_layers, init=m.init,
+                           forget_bias=m.forget_bias, chrono_max_len=m.chrono_max_len,
+                           unroll=m.unroll)
+
+
 def _run(config: ml_collections.ConfigDict) -> Run:
     t = config.train
     return Run(seed=config.seed, num_seeds=config.num_seeds, seq_len=config.seq_len,
@@ -323,6 +330,6 @@ def build(config: ml_collections.ConfigDict, *, with_layout: bool = False) -> Se
     task = make_task(config)
     return Setup(
         task=task, eval_tasks=tuple(make_task(config, n) for n in config.eval.seq_lens),
-        model=model_lib.from_config(config, task), optimizer=_optimizer(config.train),
+        model=_model(config.model, task), optimizer=_optimizer(config.train),
         batch_size=config.train.batch_size, eval_batch_size=config.eval.batch_size,
         run=_run(config), layout=parallel.make_layout(config) if with_layout else None)

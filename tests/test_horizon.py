@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from experiments import horizon, outputs, report, sweep
+from experiments import files, horizon, report, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +73,7 @@ def _fake_train(truth, calls, fail_at=None):
                   "num_layers": 1, "baseline": 0.167, "solved_criterion": "x", "steps": 40,
                   "final_step": 40, "stopped": "budget", "num_seeds": 3, "seeds": seeds,
                   "solved_fraction": sum(s["solved"] for s in seeds) / 3, "wall_time_s": 1.0}
-        outputs.atomic_write(os.path.join(workdir, report.RESULT_FILE), json.dumps(result))
+        files.atomic_write(os.path.join(workdir, report.RESULT_FILE), json.dumps(result))
     return train_fn
 
 

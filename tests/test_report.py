@@ -93,7 +93,7 @@ def test_summary_numbers(root):
     assert "| copy | lstm/default | 8 | 20 | 10: 3/3, 20: 2/3, 40: 1/3 |" in text
     assert "| copy | gru/default | 8 | none |" in text
     # Per-T line: normalized losses 0.2, 0.4, 0.6 -> mean 0.4, population std 0.163.
-    assert ("| copy | lstm/default | 8 | 20 | 100 | 2/3 | 0.4 ± 0.16 | 0.833 ± 0.24 | 50, 50 "
+    assert ("| copy | lstm/default | 8 | 20 | 100 | budget | 2/3 | 0.4 ± 0.16 | 0.833 ± 0.24 | 50, 50 "
             "| 3 |") in text
 
 
@@ -125,3 +125,23 @@ def test_write_report_writes_every_file(root, capsys):
 def test_empty_root_raises(tmp_path):
     with pytest.raises(ValueError, match="no finished run"):
         report.write_report(str(tmp_path))
+
+
+def test_runs_that_stopped_when_solved_are_told_from_budget_runs(tmp_path):
+    """A result.json with stopped="solved" reads as "solved at <final_step>"; one written before
+    train.stop_when_solved existed (no such keys) as "budget"; results.csv carries both."""
+    stopped = _write_run(str(tmp_path), "lstm", "chrono", 10, [True, True], curve=False)
+    _write_run(str(tmp_path), "lstm", "chrono", 20, [True, False], curve=False)
+    path = os.path.join(stopped, "result.json")
+    with open(path) as f:
+        result = json.load(f)
+    with open(path, "w") as f:
+        json.dump(dict(result, final_step=60, stopped="solved"), f)
+    rows = report.load_rows(str(tmp_path))
+    assert [(r["seq_len"], r["stopped"], r["final_step"]) for r in rows] == [
+        (10, "solved", 60), (10, "solved", 60), (20, "budget", 100), (20, "budget", 100)]
+    text = report.summary_markdown(rows, str(tmp_path))
+    assert "| copy | lstm/chrono | 8 | 10 | 100 | solved at 60 | 2/2 |" in text
+    assert "| copy | lstm/chrono | 8 | 20 | 100 | budget | 1/2 |" in text
+    lines = list(csv.DictReader(report.results_csv(rows).splitlines()))
+    assert [line["stopped"] for line in lines] == ["solved", "solved", "budget", "budget"]
