@@ -1,7 +1,7 @@
 """Sweeps: task x cell x init x sequence length (x seeds), one workdir per point, then the report.
 
-    python -m experiments.sweep --grid=demo --root=runs/demo
-    python -m experiments.sweep --grid=demo --root=runs/x --tasks=copy --cells=rnn,lstm \
+    python -m experiments.sweep --grid=lengths --root=runs/lengths
+    python -m experiments.sweep --grid=lengths --root=runs/x --tasks=copy --cells=rnn,lstm \
         --seq_lens=20,50 --steps=2000 --num_seeds=5 --set=model.hidden_size=32
     python -m experiments.sweep --grid=papers --root=runs/papers --num_shards=4 --shard_index=0
     python -m experiments.sweep --root=runs/papers --aggregate_only
@@ -323,7 +323,7 @@ def _seed_values(result: dict[str, Any], key: str) -> str:
 
 def _define_flags() -> None:
     """Flags exist only when this module runs as a program, so importing it defines none."""
-    flags.DEFINE_string("grid", "demo", f"a grid of experiments/configs/sweeps.py: "
+    flags.DEFINE_string("grid", "lengths", f"a grid of experiments/configs/sweeps.py: "
                         f"{sorted(sweeps.GRIDS)}")
     flags.DEFINE_string("root", None, "directory holding one workdir per point", required=True)
     flags.DEFINE_list("tasks", None, "only these tasks (default: the grid's)")
