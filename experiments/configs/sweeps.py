@@ -48,7 +48,7 @@ DEMO = {
                        "eval.batch_size": 500},
         },
     },
-    "probe": ("adding:32",),
+    "probe": ("copy:5", "adding:16"),  # lengths every cell trains at
 }
 
 # Fixed lengths (the demo before the horizon search): copy and adding, rnn / lstm / gru, a few lengths, 3 seeds per
