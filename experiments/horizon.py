@@ -8,8 +8,8 @@
 For each search (task, cell, GRU variant, init) it trains at `--start_len`, multiplies T by
 `--factor` while a strict majority of the seeds is solved (never past `--max_len`; if the start
 fails, it divides instead, down to T = 2), then bisects (geometric midpoints) between the
-longest solved and the shortest failed length until their ratio is at most `--resolution`. Each length is one sweep point (`experiments/sweep.py`): the same
-workdir layout `ROOT/<task>/<cell>-<init>/T<T>`, `train.stop_when_solved` on (a point ends at the
+longest solved and the shortest failed length until their ratio is at most `--resolution`.
+Each length is one sweep point (`experiments/sweep.py`): the same workdir layout `ROOT/<task>/<cell>-<init>/T<T>`, `train.stop_when_solved` on (a point ends at the
 first eval with every seed solved), finished points skipped and interrupted ones resumed when
 the command is rerun, and the sweep's report (table, plots) written over the root.
 
@@ -61,7 +61,7 @@ class Search(NamedTuple):
         return sweep.Point(self.task, self.cell, self.gru_variant, self.init, seq_len)
 
 
-class Plan(NamedTuple):
+class LengthRule(NamedTuple):
     """How lengths are chosen: start, growth factor, bisection resolution, cap and floor."""
 
     start_len: int
@@ -71,11 +71,11 @@ class Plan(NamedTuple):
     min_len: int = 2
 
 
-# Outcome of one length: (solved by a strict majority of the seeds, the run's result.json).
+# trial(T): the finished result.json of the point at length T, or None if it has none.
 Trial = Callable[[int], Optional[dict]]
 
 
-def next_length(plan: Plan, solved: dict[int, bool]) -> Optional[int]:
+def next_length(rule: LengthRule, solved: dict[int, bool]) -> Optional[int]:
     """The next length to train, given the outcome at each length tried so far; None when done.
 
     Doubling phase: from `start_len`, times `factor` while every tried length is solved (capped
@@ -84,25 +84,25 @@ def next_length(plan: Plan, solved: dict[int, bool]) -> Optional[int]:
     failed length, until their ratio is at most `resolution` or no integer lies between them.
     """
     if not solved:
-        return plan.start_len
+        return rule.start_len
     ok = [t for t, s in solved.items() if s]
     failed = [t for t, s in solved.items() if not s]
     lo = max(ok) if ok else None
     hi = min(failed) if failed else None
     if hi is None:  # still growing
-        if lo >= plan.max_len:
+        if lo >= rule.max_len:
             return None
-        return min(max(int(round(lo * plan.factor)), lo + 1), plan.max_len)
+        return min(max(int(round(lo * rule.factor)), lo + 1), rule.max_len)
     if lo is None:  # nothing solved yet: shrink
-        down = min(int(hi / plan.factor), hi - 1)
-        return down if down >= plan.min_len else None
-    if hi / lo <= plan.resolution:
+        down = min(int(hi / rule.factor), hi - 1)
+        return down if down >= rule.min_len else None
+    if hi / lo <= rule.resolution:
         return None
     mid = int(round(math.sqrt(lo * hi)))
     return mid if lo < mid < hi else None
 
 
-def run_search(plan: Plan, trial: Trial) -> dict[int, Optional[dict]]:
+def run_search(rule: LengthRule, trial: Trial) -> dict[int, Optional[dict]]:
     """Drives `trial` over the lengths `next_length` picks; {T: result or None (not run)}.
 
     `trial(T)` returns the finished run's result.json dict, or None if the point has not
@@ -110,7 +110,7 @@ def run_search(plan: Plan, trial: Trial) -> dict[int, Optional[dict]]:
     """
     results: dict[int, Optional[dict]] = {}
     solved: dict[int, bool] = {}
-    while (t := next_length(plan, solved)) is not None:
+    while (t := next_length(rule, solved)) is not None:
         result = trial(t)
         results[t] = result
         if result is None:
@@ -124,20 +124,20 @@ def _majority(result: dict) -> bool:
     return 2 * sum(bool(s["solved"]) for s in seeds) > len(seeds)
 
 
-def summarize(search: Search, plan: Plan, results: dict[int, Optional[dict]], *,
+def summarize(search: Search, rule: LengthRule, results: dict[int, Optional[dict]], *,
               budget_steps: int, num_seeds: int, learning_rate: Optional[float],
               lr_grid: Optional[dict] = None) -> dict[str, Any]:
     """The horizon.json entry of one search from its results."""
     done = {t: r for t, r in sorted(results.items()) if r is not None}
     solved = [t for t, r in done.items() if _majority(r)]
-    complete = next_length(plan, {t: _majority(r) for t, r in done.items()}) is None \
+    complete = next_length(rule, {t: _majority(r) for t, r in done.items()}) is None \
         and len(done) == len(results)
     horizon = max(solved) if solved else None
     entry = {
         **search._asdict(), "horizon": horizon,
         "lower_bound": bool(done) and horizon is not None and horizon == max(done),
         "complete": complete, "budget_steps": budget_steps, "num_seeds": num_seeds,
-        "learning_rate": learning_rate, **plan._asdict(),
+        "learning_rate": learning_rate, **rule._asdict(),
         "points": [{"seq_len": t, "solved_fraction": r["solved_fraction"],
                     "steps_to_solve": [s["steps_to_solve"] for s in r["seeds"]],
                     "normalized_loss": [s["normalized_loss"] for s in r["seeds"]],
@@ -214,7 +214,7 @@ def select_lr(grid: dict[str, Any], search: Search, root: str, lrs: Sequence[flo
     return min(scores, key=scores.get), table
 
 
-def horizon_search(grid: dict[str, Any], search: Search, plan: Plan, root: str, *,
+def horizon_search(grid: dict[str, Any], search: Search, rule: LengthRule, root: str, *,
                    train: bool = True, lrs: Sequence[float] = (),
                    lr_ref_len: Optional[int] = None, train_fn: TrainFn = None) -> dict[str, Any]:
     """Runs one search (or, with train=False, replays it from the finished points alone).
@@ -222,11 +222,11 @@ def horizon_search(grid: dict[str, Any], search: Search, plan: Plan, root: str, 
     Args:
       grid: a resolved sweep grid (`sweep.resolve_grid`) holding the search's task.
       search: the (task, cell, variant, init) searched.
-      plan: the lengths' rule.
+      rule: the lengths' rule.
       root: the root of the points' workdirs.
       train: train missing points (False: stop the search at the first missing one).
       lrs: learning rates to choose from at `lr_ref_len` first (empty: the config's).
-      lr_ref_len: reference length of the choice (default: the plan's start).
+      lr_ref_len: reference length of the choice (default: the rule's start).
       train_fn: `(config, workdir)` -> anything, the trainer by default (tests pass a fake).
 
     Returns:
@@ -234,16 +234,16 @@ def horizon_search(grid: dict[str, Any], search: Search, plan: Plan, root: str, 
     """
     lr_table = lr = None
     if lrs:
-        lr, lr_table = select_lr(grid, search, root, lrs, lr_ref_len or plan.start_len, train,
+        lr, lr_table = select_lr(grid, search, root, lrs, lr_ref_len or rule.start_len, train,
                                  train_fn)
         if lr is None:  # the choice is not finished: nothing to search with yet
-            return summarize(search, plan, {plan.start_len: None},
+            return summarize(search, rule, {rule.start_len: None},
                              budget_steps=_budget(grid, search),
                              num_seeds=grid["tasks"][search.task]["num_seeds"],
                              learning_rate=None, lr_grid=lr_table)
     grid = _with_lr(grid, search.task, lr)
-    results = run_search(plan, _trial(grid, search, root, train, train_fn))
-    return summarize(search, plan, results, budget_steps=_budget(grid, search),
+    results = run_search(rule, _trial(grid, search, root, train, train_fn))
+    return summarize(search, rule, results, budget_steps=_budget(grid, search),
                      num_seeds=grid["tasks"][search.task]["num_seeds"],
                      learning_rate=_learning_rate(grid, search), lr_grid=lr_table)
 
@@ -319,26 +319,26 @@ def _define_flags() -> None:
                       "report from the finished points under --root")
 
 
-_PLAN_DEFAULTS = {"factor": 2.0, "resolution": 1.25, "max_len": 1000}
+_RULE_DEFAULTS = {"factor": 2.0, "resolution": 1.25, "max_len": 1000}
 
 
-def _plans(grid: dict[str, Any], f: Any) -> dict[str, Plan]:
-    """Each task's Plan: the flags, else the grid task's own keys (start_len, factor, resolution,
-    max_len), else the defaults (start: the task's first seq_len)."""
-    plans = {}
+def _rules(grid: dict[str, Any], f: Any) -> dict[str, LengthRule]:
+    """Each task's LengthRule: the flags, else the grid task's own keys (start_len, factor,
+    resolution, max_len), else the defaults (start: the task's first seq_len)."""
+    rules = {}
     for task, spec in grid["tasks"].items():
-        values = {k: spec.get(k, default) for k, default in _PLAN_DEFAULTS.items()}
+        values = {k: spec.get(k, default) for k, default in _RULE_DEFAULTS.items()}
         values["start_len"] = spec.get("start_len", spec["seq_lens"][0])
         values.update({k: getattr(f, k) for k in values if getattr(f, k) is not None})
-        plan = Plan(**values)
-        if not plan.factor > 1 or not plan.resolution > 1:
-            raise ValueError(f"--factor and --resolution: expected > 1, got {plan.factor}, "
-                             f"{plan.resolution}")
-        if not 1 <= plan.start_len <= plan.max_len:
+        rule = LengthRule(**values)
+        if not rule.factor > 1 or not rule.resolution > 1:
+            raise ValueError(f"--factor and --resolution: expected > 1, got {rule.factor}, "
+                             f"{rule.resolution}")
+        if not 1 <= rule.start_len <= rule.max_len:
             raise ValueError(f"--start_len: expected 1 <= start_len <= --max_len="
-                             f"{plan.max_len}, got {plan.start_len}")
-        plans[task] = plan
-    return plans
+                             f"{rule.max_len}, got {rule.start_len}")
+        rules[task] = rule
+    return rules
 
 
 def _resolve(f: Any) -> dict[str, Any]:
@@ -361,7 +361,7 @@ def main(argv: Sequence[str]) -> None:
     parallel.quiet_library_logs()
     try:  # bad flags: one line, exit 2, nothing written
         grid = _resolve(f)
-        plans = _plans(grid, f)
+        rules = _rules(grid, f)
         try:
             lrs = [float(v) for v in f.lr_grid or ()]
         except ValueError:
@@ -375,10 +375,10 @@ def main(argv: Sequence[str]) -> None:
     print(f"horizon: {len(all_searches)} searches; shard {index} of {count} runs {len(mine)} of "
           f"them under {f.root}", flush=True)
     if mine:  # one CPU device per core, before JAX starts
-        parallel.set_cpu_devices(*(sweep.make_config(grid, s.at(plans[s.task].start_len))
+        parallel.set_cpu_devices(*(sweep.make_config(grid, s.at(rules[s.task].start_len))
                                    for s in mine))
     start = time.time()
-    entries = [horizon_search(grid, s, plans[s.task], f.root, train=s in mine, lrs=lrs,
+    entries = [horizon_search(grid, s, rules[s.task], f.root, train=s in mine, lrs=lrs,
                               lr_ref_len=f.lr_ref_len) for s in all_searches]
     print(horizon_table(entries))
     print(f"{HORIZON_FILE}: {write_horizons(f.root, entries)}")

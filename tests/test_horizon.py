@@ -15,40 +15,40 @@ from experiments import files, horizon, report, sweep
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _lengths(plan, truth):
+def _lengths(rule, truth):
     """The lengths a search tries when exactly the lengths <= truth are solved."""
     tried, solved = [], {}
-    while (t := horizon.next_length(plan, solved)) is not None:
+    while (t := horizon.next_length(rule, solved)) is not None:
         tried.append(t)
         solved[t] = t <= truth
     return tried
 
 
 def test_search_doubles_then_bisects_to_the_resolution():
-    plan = horizon.Plan(start_len=10, factor=2, resolution=1.25, max_len=1000)
+    rule = horizon.LengthRule(start_len=10, factor=2, resolution=1.25, max_len=1000)
     # 80 solved, 160 failed; sqrt(80*160) = 113 solved; sqrt(113*160) = 134 solved; 160/134 < 1.25.
-    assert _lengths(plan, truth=137) == [10, 20, 40, 80, 160, 113, 134]
-    assert _lengths(plan, truth=112) == [10, 20, 40, 80, 160, 113, 95]  # 95 solved: 113/95 < 1.25
+    assert _lengths(rule, truth=137) == [10, 20, 40, 80, 160, 113, 134]
+    assert _lengths(rule, truth=112) == [10, 20, 40, 80, 160, 113, 95]  # 95 solved: 113/95 < 1.25
 
 
 def test_search_never_exceeds_max_len_and_stops_when_it_is_solved():
-    plan = horizon.Plan(start_len=10, factor=2, resolution=1.25, max_len=100)
-    assert _lengths(plan, truth=10_000) == [10, 20, 40, 80, 100]
-    assert _lengths(plan, truth=90) == [10, 20, 40, 80, 100]  # 100/80 <= 1.25: done
-    plan = plan._replace(max_len=120)
-    assert _lengths(plan, truth=90) == [10, 20, 40, 80, 120, 98]  # 98 fails, 98/80 < 1.25
+    rule = horizon.LengthRule(start_len=10, factor=2, resolution=1.25, max_len=100)
+    assert _lengths(rule, truth=10_000) == [10, 20, 40, 80, 100]
+    assert _lengths(rule, truth=90) == [10, 20, 40, 80, 100]  # 100/80 <= 1.25: done
+    rule = rule._replace(max_len=120)
+    assert _lengths(rule, truth=90) == [10, 20, 40, 80, 120, 98]  # 98 fails, 98/80 < 1.25
 
 
 def test_search_that_fails_at_the_start_shrinks_then_bisects():
-    plan = horizon.Plan(start_len=50, factor=2, resolution=1.25, max_len=1000)
+    rule = horizon.LengthRule(start_len=50, factor=2, resolution=1.25, max_len=1000)
     # 50, 25, 12 fail; 6 solved; sqrt(6*12) = 8 solved; sqrt(8*12) = 10 solved; 12/10 < 1.25.
-    assert _lengths(plan, truth=10) == [50, 25, 12, 6, 8, 10]
-    assert _lengths(plan, truth=1) == [50, 25, 12, 6, 3]  # not below min_len = 2
+    assert _lengths(rule, truth=10) == [50, 25, 12, 6, 8, 10]
+    assert _lengths(rule, truth=1) == [50, 25, 12, 6, 3]  # not below min_len = 2
 
 
 def test_bisection_stops_when_no_integer_lies_between():
-    plan = horizon.Plan(start_len=2, factor=2, resolution=1.01, max_len=1000)
-    assert _lengths(plan, truth=2) == [2, 4, 3]
+    rule = horizon.LengthRule(start_len=2, factor=2, resolution=1.01, max_len=1000)
+    assert _lengths(rule, truth=2) == [2, 4, 3]
 
 
 # --- the search over real workdirs, with a fake trainer --------------------------------------
@@ -80,9 +80,9 @@ def _fake_train(truth, calls, fail_at=None):
 def test_search_entry_matches_its_points_and_replays_from_them(tmp_path):
     grid, root = _grid(), str(tmp_path)
     search = horizon.searches(grid)[0]
-    plan = horizon.Plan(start_len=10, factor=2, resolution=1.25, max_len=60)
+    rule = horizon.LengthRule(start_len=10, factor=2, resolution=1.25, max_len=60)
     calls = []
-    entry = horizon.horizon_search(grid, search, plan, root, train_fn=_fake_train(50, calls))
+    entry = horizon.horizon_search(grid, search, rule, root, train_fn=_fake_train(50, calls))
     assert calls == [10, 20, 40, 60, 49]  # 60 (capped 80) fails; 49 solved; 60/49 < 1.25
     assert entry["horizon"] == 49 and not entry["lower_bound"] and entry["complete"]
     assert [p["seq_len"] for p in entry["points"]] == [10, 20, 40, 49, 60]
@@ -92,7 +92,7 @@ def test_search_entry_matches_its_points_and_replays_from_them(tmp_path):
         assert p["steps_to_solve"] == [s["steps_to_solve"] for s in result["seeds"]]
     assert entry["budget_steps"] == 40 and entry["num_seeds"] == 3
     # Rebuilt from the finished points alone, without training: the same entry.
-    assert horizon.horizon_search(grid, search, plan, root, train=False) == entry
+    assert horizon.horizon_search(grid, search, rule, root, train=False) == entry
     # The sweep's report reads the same root: its horizon agrees.
     rows = report.load_rows(root)
     (h,) = report.horizons(rows).values()
@@ -102,14 +102,14 @@ def test_search_entry_matches_its_points_and_replays_from_them(tmp_path):
 def test_interrupted_search_resumes_without_rerunning_finished_points(tmp_path):
     grid, root = _grid(), str(tmp_path)
     search = horizon.searches(grid)[0]
-    plan = horizon.Plan(start_len=10, factor=2, resolution=1.25, max_len=1000)
+    rule = horizon.LengthRule(start_len=10, factor=2, resolution=1.25, max_len=1000)
     calls = []
-    partial = horizon.horizon_search(grid, search, plan, root,
+    partial = horizon.horizon_search(grid, search, rule, root,
                                      train_fn=_fake_train(100, calls, fail_at=160))
     assert calls == [10, 20, 40, 80, 160] and not partial["complete"]
     assert partial["horizon"] == 80 and partial["lower_bound"]
     calls.clear()
-    entry = horizon.horizon_search(grid, search, plan, root, train_fn=_fake_train(100, calls))
+    entry = horizon.horizon_search(grid, search, rule, root, train_fn=_fake_train(100, calls))
     assert calls == [160, 113, 95]  # only the missing points
     assert entry["horizon"] == 95 and entry["complete"]
 
@@ -117,7 +117,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_points(tmp_path):
 def test_learning_rate_is_chosen_at_the_reference_length(tmp_path):
     grid, root = _grid(), str(tmp_path)
     search = horizon.searches(grid)[0]
-    plan = horizon.Plan(start_len=10, factor=2, resolution=1.5, max_len=20)
+    rule = horizon.LengthRule(start_len=10, factor=2, resolution=1.5, max_len=20)
     seen = []
 
     def train_fn(config, workdir):
@@ -125,7 +125,7 @@ def test_learning_rate_is_chosen_at_the_reference_length(tmp_path):
         truth = 100 if config.train.learning_rate == 0.003 else 5
         _fake_train(truth, [])(config, workdir)
 
-    entry = horizon.horizon_search(grid, search, plan, root, lrs=[0.001, 0.003],
+    entry = horizon.horizon_search(grid, search, rule, root, lrs=[0.001, 0.003],
                                    lr_ref_len=10, train_fn=train_fn)
     assert seen == [(0.001, 10), (0.003, 10), (0.003, 10), (0.003, 20)]
     assert entry["learning_rate"] == 0.003 and entry["horizon"] == 20
