@@ -9,9 +9,10 @@ For each search (task, cell, GRU variant, init) it trains at `--start_len`, mult
 `--factor` while a strict majority of the seeds is solved (never past `--max_len`; if the start
 fails, it divides instead, down to T = 2), then bisects (geometric midpoints) between the
 longest solved and the shortest failed length until their ratio is at most `--resolution`.
-Each length is one sweep point (`experiments/sweep.py`): the same workdir layout `ROOT/<task>/<cell>-<init>/T<T>`, `train.stop_when_solved` on (a point ends at the
-first eval with every seed solved), finished points skipped and interrupted ones resumed when
-the command is rerun, and the sweep's report (table, plots) written over the root.
+Each length is one sweep point (`experiments/sweep.py`): the same workdir layout
+`ROOT/<task>/<cell>-<init>/T<T>`, `train.stop_when_solved` on (a point ends at the first eval
+with every seed solved), finished points skipped and interrupted ones resumed when the command
+is rerun, and the sweep's report (table, plots) written over the root.
 
 The search is a pure function of the finished points, so `ROOT/horizon.json` is rebuilt from the
 `result.json` files alone (`--aggregate_only`; sharded runs give the same file as one run). It is
