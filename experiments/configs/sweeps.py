@@ -51,7 +51,8 @@ DEMO = {
     "probe": ("copy:5", "adding:16"),  # lengths every cell trains at
 }
 
-# Fixed lengths (the demo before the horizon search): copy and adding, rnn / lstm / gru, a few lengths, 3 seeds per
+# Fixed lengths (the demo before the horizon search): copy and adding, rnn / lstm / gru, a few
+# lengths, 3 seeds per
 # point (vmapped in one program): 15 runs plus the report and two probes, 679 s wall / ~580
 # CPU-seconds measured on the 2-core dev machine while other jobs shared it (the program uses
 # about one core). The choices, and why the comparison stays fair:
