@@ -244,7 +244,7 @@ def test_apply_takes_numpy_and_torch_inputs(key):
     jax.tree.map(np.testing.assert_array_equal, got, want)
     torch = pytest.importorskip("torch")
     x_t = torch.from_numpy(xs).requires_grad_()  # as a torch module's output would be
-    carry_t = jax.tree.map(lambda a: torch.from_numpy(np.asarray(a)), want[1])
+    carry_t = jax.tree.map(lambda a: torch.from_numpy(np.array(a)), want[1])
     got = layers.apply(spec, params, x_t, seq_lengths=torch.tensor([5, 2]))
     jax.tree.map(np.testing.assert_array_equal, got, want)
     again = layers.apply(spec, params, x_t, initial_carry=carry_t)
