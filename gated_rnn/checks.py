@@ -14,6 +14,27 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def from_tensor(x: Any) -> Any:
+    """A NumPy copy of `x` if it is a torch tensor (duck-typed: torch is never imported), else
+    `x` itself (a jax.Array, tracer, NumPy array or nested list passes through).
+
+    The copy matters: `tensor.numpy()` shares the tensor's memory, so a later in-place update
+    of the tensor would otherwise change the array. bfloat16 (no NumPy dtype in torch) comes
+    back as `jnp.bfloat16` values, exactly.
+    """
+    if isinstance(x, (jax.Array, np.ndarray)) or not (hasattr(x, "detach")
+                                                      and hasattr(x, "numpy")):
+        return x
+    x = x.detach().cpu()
+    if str(x.dtype) == "torch.bfloat16":
+        return np.array(x.float().numpy(), dtype=jnp.bfloat16)
+    try:
+        return np.array(x.numpy(), copy=True)
+    except TypeError as e:  # a dtype NumPy has no counterpart for
+        raise ValueError(f"cannot convert a torch tensor of dtype {x.dtype} to NumPy ({e}); "
+                         f"convert it first, e.g. tensor.float()") from None
+
+
 def check_input(x: jax.Array, input_size: int, dtype, *, what: str = "x", min_rank: int = 1,
                 layout: str = "[..., I]") -> None:
     """Raises ValueError unless `x` is floating, of `dtype`, rank >= min_rank, last axis `input_size`."""

@@ -33,11 +33,23 @@ from gated_rnn import checks, gru, initializers, lstm, rnn, scan
 
 
 class CellType(enum.Enum):
-    """The name of a cell (`Spec.cell`); `_CELLS` maps it to the cell."""
+    """The name of a cell (`Spec.cell`); `_CELLS` maps it to the cell.
+
+    Names are read case-insensitively, so PyTorch's spellings work: "LSTM", "GRU", "RNN" and its
+    mode name "RNN_TANH" (there is no ReLU RNN here).
+    """
 
     RNN = "rnn"
     LSTM = "lstm"
     GRU = "gru"
+
+    @classmethod
+    def _missing_(cls, value):
+        if isinstance(value, str):
+            name = value.lower()
+            return {"rnn_tanh": cls.RNN}.get(name) or next(
+                (member for member in cls if member.value == name), None)
+        return None
 
 
 # The one registry: cell type -> the cell the spec names (a module or object with the protocol's
@@ -235,29 +247,39 @@ def dropout(key: jax.Array, rate: float, x: jax.Array) -> jax.Array:
 
 def apply(spec: Spec, params: tuple, xs: jax.Array, *, seq_lengths: jax.Array | None = None,
           initial_carry: tuple | None = None, dropout_key: jax.Array | None = None,
-          plan: Plan = Plan()) -> tuple[jax.Array, tuple]:
+          plan: Plan = Plan(), time_major: bool = False) -> tuple[jax.Array, tuple]:
     """Runs the stack.
 
     Args:
       spec: the stack.
       params: from `init` (or `interop.from_torch`).
-      xs: [B, T, I] inputs.
+      xs: [B, T, I] inputs ([T, B, I] if time_major): a jax.Array, or an array-like (NumPy,
+        a torch CPU tensor), converted here.
       seq_lengths: [B] lengths in [0, T], or None.
-      initial_carry: carries shaped like the returned final carries, or None for zeros.
+      initial_carry: carries shaped like the returned final carries, or None for zeros
+        (`interop.carry_from_torch` makes them from PyTorch's `(h_0, c_0)`).
       dropout_key: enables dropout between layers (training); None disables it.
       plan: how to run it (the default: the fused path where the cell has one, no remat).
+      time_major: xs and ys are [T, B, ...], PyTorch's default layout (`batch_first=False`);
+        the fused path runs time-major inside, so this adds no transpose.
 
     Returns:
-      (ys, final_carries): ys [B, T, (proj_size or H) * directions], the last layer's outputs
-      (zeros past each length); final_carries[layer][direction] the carry at each sequence's
+      (ys, final_carries): ys [B, T, (proj_size or H) * directions] ([T, B, ...] if
+      time_major), the last layer's outputs (zeros past each length); final_carries[layer][direction] the carry at each sequence's
       last valid step (for the backward direction: after its first element).
     """
     _check_params(spec, params)
     check_plan(spec, plan)
+    layout = "[T, B, I]" if time_major else "[B, T, I]"
+    xs = checks.from_tensor(xs)
     checks.check_input(xs, spec.input_size, spec.dtype, what="layers.apply xs", min_rank=3,
-                       layout="[B, T, I]")
+                       layout=layout)
     if np.ndim(xs) != 3:
-        raise ValueError(f"layers.apply: xs must be [B, T, I], got shape {tuple(np.shape(xs))}")
+        raise ValueError(f"layers.apply: xs must be {layout}, got shape {tuple(np.shape(xs))}")
+    if seq_lengths is not None:
+        seq_lengths = checks.from_tensor(seq_lengths)
+    if initial_carry is not None:
+        initial_carry = jax.tree_util.tree_map(checks.from_tensor, initial_carry)
     cell = spec.cell_fns
     x, finals = xs, []
     for l, layer in enumerate(params):
@@ -267,7 +289,7 @@ def apply(spec: Spec, params: tuple, xs: jax.Array, *, seq_lengths: jax.Array | 
                                  carry=None if initial_carry is None else initial_carry[l][d],
                                  seq_lengths=seq_lengths, reverse=d == 1, unroll=plan.unroll,
                                  impl=plan.impl, remat=plan.remat, chunk_size=plan.chunk_size,
-                                 matmul_dtype=plan.matmul_dtype)
+                                 matmul_dtype=plan.matmul_dtype, time_major=time_major)
             outs.append(ys)
             carries.append(carry)
         x = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)

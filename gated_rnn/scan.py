@@ -2,8 +2,10 @@
 
 `run` hoists the carry-independent input projection (`cell.project`) out of the step loop —
 large `[B*T, I] @ [I, G*H]` matmuls (per chunk of steps in the FUSED path) — and loops only
-over the recurrent part. Public arrays are batch-major `[B, T, ...]`; `run` swaps to
-time-major once and back once.
+over the recurrent part. Public arrays are batch-major `[B, T, ...]` by default; `run` swaps to
+time-major once and back once. With `time_major=True` (PyTorch's default `batch_first=False`,
+Flax's `time_major`) they are `[T, B, ...]` and the FUSED path swaps nothing (it is time-major
+inside).
 
 Variable lengths (`seq_lengths [B]`): each sequence stops at its own length. Steps past it hold
 the carry (so the final carry is the one at the last valid step) and output zeros. With
@@ -54,16 +56,21 @@ def check_seq_lengths(seq_lengths, batch_size: int, num_steps: int) -> jax.Array
     return seq_lengths
 
 
-def reverse_padded(xs: jax.Array, seq_lengths: jax.Array) -> jax.Array:
-    """Reverses each sequence of xs `[B, T, ...]` within its first `seq_lengths[b]` steps.
+def reverse_padded(xs: jax.Array, seq_lengths: jax.Array, *,
+                   time_major: bool = False) -> jax.Array:
+    """Reverses each sequence of xs `[B, T, ...]` (`[T, B, ...]` if time_major) within its first
+    `seq_lengths[b]` steps.
 
     Positions past the length stay where they are. The map is its own inverse.
     """
-    t = jnp.arange(xs.shape[1])[None, :]
+    time_axis = 0 if time_major else 1
+    t = jnp.arange(xs.shape[time_axis])[None, :]
     lengths = seq_lengths[:, None]
-    idx = jnp.where(t < lengths, lengths - 1 - t, t)
+    idx = jnp.where(t < lengths, lengths - 1 - t, t)  # [B, T]
+    if time_major:
+        idx = idx.T
     idx = idx.reshape(idx.shape + (1,) * (xs.ndim - 2))
-    return jnp.take_along_axis(xs, idx, axis=1)
+    return jnp.take_along_axis(xs, idx, axis=time_axis)
 
 
 def mask_from_lengths(seq_lengths: jax.Array, num_steps: int) -> jax.Array:
@@ -94,15 +101,17 @@ def resolve_impl(cell: Any, impl: Impl | str) -> Impl:
 def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
         seq_lengths: jax.Array | None = None, reverse: bool = False,
         unroll: int = 1, impl: Impl | str = Impl.AUTO, remat: bool = False,
-        chunk_size: int | None = None, matmul_dtype: Any = None) -> tuple[Any, jax.Array]:
+        chunk_size: int | None = None, matmul_dtype: Any = None,
+        time_major: bool = False) -> tuple[Any, jax.Array]:
     """Runs `cell` over a batch of sequences.
 
     Args:
       cell: a cell module (`rnn`, `lstm`, `gru`) or object (`gru.cell(...)`) with
         `project`, `recur` and `zero_carry`.
       params: the cell's Params.
-      xs: [B, T, I] inputs.
-      carry: initial Carry with [B, H] fields; zeros if None.
+      xs: [B, T, I] inputs ([T, B, I] if time_major): a jax.Array, or an array-like (NumPy, a
+        torch CPU tensor), converted here.
+      carry: initial Carry with [B, H] fields (arrays or array-likes); zeros if None.
       seq_lengths: [B] integer lengths in [0, T], or None for all T.
       reverse: run from the last valid step to the first.
       unroll: steps per loop iteration of `jax.lax.scan`.
@@ -115,13 +124,17 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
         None picks `fused.default_chunk_size`.
       matmul_dtype: None, or a dtype (e.g. `jnp.bfloat16`) for the FUSED path's matmul
         operands; the state and the gate math stay in the params' dtype.
+      time_major: xs and ys are [T, B, ...] (PyTorch's batch_first=False) instead of
+        [B, T, ...]. The FUSED path then transposes nothing.
 
     Returns:
       (final_carry, ys): the carry after each sequence's last valid step, and
-      ys [B, T, H] (zeros past each sequence's length), in input order.
+      ys [B, T, H] ([T, B, H] if time_major; zeros past each sequence's length), in input order.
     """
+    layout = "[T, B, I]" if time_major else "[B, T, I]"
+    xs = checks.from_tensor(xs)
     if np.ndim(xs) != 3:
-        raise ValueError(f"scan.run: xs must be [B, T, I], got shape {tuple(np.shape(xs))}")
+        raise ValueError(f"scan.run: xs must be {layout}, got shape {tuple(np.shape(xs))}")
     impl = resolve_impl(cell, impl)
     if impl is Impl.CUDNN:
         cudnn.check(cell, params)
@@ -130,46 +143,53 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
     if impl is not Impl.FUSED and matmul_dtype is not None:
         raise ValueError(f"matmul_dtype={matmul_dtype!r} needs impl='fused' (got {impl.value!r})")
     checks.check_int(chunk_size, "chunk_size", optional=True)
-    batch, num_steps, _ = np.shape(xs)
-    jax.eval_shape(cell.project, params, xs)  # the cell's input checks, on [B, T, I]
+    num_steps, batch = np.shape(xs)[:2] if time_major else np.shape(xs)[1::-1]
+    jax.eval_shape(cell.project, params, xs)  # the cell's input checks
     expected = jax.eval_shape(lambda: cell.zero_carry(params, (batch,)))
     if carry is None:
         carry = cell.zero_carry(params, (batch,))
     else:
+        carry = jax.tree_util.tree_map(checks.from_tensor, carry)
         checks.check_carry(carry, expected, what="scan.run carry")
 
     mask = None
     if seq_lengths is not None:
-        seq_lengths = check_seq_lengths(seq_lengths, batch, num_steps)
+        seq_lengths = check_seq_lengths(checks.from_tensor(seq_lengths), batch, num_steps)
         if reverse:
-            xs = reverse_padded(xs, seq_lengths)
+            xs = reverse_padded(xs, seq_lengths, time_major=time_major)
         mask = jnp.swapaxes(mask_from_lengths(seq_lengths, num_steps), 0, 1)  # [T, B]
 
     scan_reverse = reverse and mask is None
     if num_steps == 0:
         impl = Impl.SCAN
-    if impl is Impl.CUDNN:
+    if impl is Impl.CUDNN:  # batch-major inside
+        xs_BxTxI = jnp.swapaxes(xs, 0, 1) if time_major else xs
         lengths = jnp.full((batch,), num_steps, jnp.int32) if seq_lengths is None else seq_lengths
         if reverse and seq_lengths is None:
-            xs = reverse_padded(xs, lengths)
-        carry, ys = cudnn.run(params, xs, carry, lengths)
-        return carry, reverse_padded(ys, lengths) if reverse else ys
+            xs_BxTxI = reverse_padded(xs_BxTxI, lengths)
+        carry, ys = cudnn.run(params, xs_BxTxI, carry, lengths)
+        ys = reverse_padded(ys, lengths) if reverse else ys
+        return carry, jnp.swapaxes(ys, 0, 1) if time_major else ys
     if impl is Impl.FUSED:
-        carry, ys_TxBxH = fused.run(cell, params, jnp.swapaxes(xs, 0, 1), carry, mask,
-                                    reverse=scan_reverse, unroll=unroll, chunk_size=chunk_size,
-                                    remat=remat, matmul_dtype=matmul_dtype)
+        carry, ys_TxBxH = fused.run(cell, params,
+                                    jnp.asarray(xs) if time_major else jnp.swapaxes(xs, 0, 1),
+                                    carry, mask, reverse=scan_reverse, unroll=unroll,
+                                    chunk_size=chunk_size, remat=remat,
+                                    matmul_dtype=matmul_dtype)
     else:
         carry, ys_TxBxH = _scan(cell, params, xs, carry, mask, reverse=scan_reverse,
-                                unroll=unroll, remat=remat, chunk_size=chunk_size)
-    ys = jnp.swapaxes(ys_TxBxH, 0, 1)
+                                unroll=unroll, remat=remat, chunk_size=chunk_size,
+                                time_major=time_major)
+    ys = ys_TxBxH if time_major else jnp.swapaxes(ys_TxBxH, 0, 1)
     if mask is not None and reverse:
-        ys = reverse_padded(ys, seq_lengths)
+        ys = reverse_padded(ys, seq_lengths, time_major=time_major)
     return carry, ys
 
 
-def _scan(cell, params, xs, carry, mask, *, reverse, unroll, remat, chunk_size):
+def _scan(cell, params, xs, carry, mask, *, reverse, unroll, remat, chunk_size, time_major):
     """The SCAN implementation: hoisted projection, `jax.lax.scan` over `cell.recur`."""
-    xp_TxBxG = jnp.swapaxes(cell.project(params, xs), 0, 1)
+    xp = cell.project(params, xs)
+    xp_TxBxG = xp if time_major else jnp.swapaxes(xp, 0, 1)
 
     if mask is None:
         def body(carry, xp):

@@ -7,8 +7,15 @@ torch imports. Plus exact round trips and the error messages.
 
 Relative error of an array = max |actual - expected| / max |expected|; float32 <= 1e-5,
 float64 <= 1e-12 (the bound issue 2 sets).
+
+The short path a PyTorch user takes (issue 15): a small word language model (PyTorch's
+word_language_model example: embedding -> time-major nn.LSTM / nn.GRU -> decoder) converted
+with one call (`interop.load_torch`), evaluated in bptt chunks carrying torch's own state
+tuples, against torch's loss (live) and against golden files (tests/golden/torch_lm_*.npz);
+`spec_from_torch`, prefixes, `to_torch(..., like=)` and the messages of what is refused.
 """
 
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -25,6 +32,7 @@ from gated_rnn import gru, interop, layers, lstm, rnn
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 CASES = ["lstm_1layer", "lstm_2layer_bidir", "lstm_proj", "gru_2layer_bidir", "rnn_tanh",
          "lstm_packed_bidir", "gru_packed_bidir"]
+LM_CASES = ["lm_lstm", "lm_gru"]  # float32 only
 TOL = {"float32": 1e-5, "float64": 1e-12}
 
 
@@ -109,7 +117,8 @@ def _random_params(spec: layers.Spec, seed: int = 0) -> tuple:
 
 def test_golden_files_are_all_checked():
     found = sorted(p.name for p in GOLDEN.glob("torch_*.npz"))
-    assert found == sorted(f"torch_{c}_{d}.npz" for c in CASES for d in TOL)
+    assert found == sorted([f"torch_{c}_{d}.npz" for c in CASES for d in TOL]
+                           + [f"torch_{c}_float32.npz" for c in LM_CASES])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -425,3 +434,216 @@ def test_live_bfloat16_state_dict():
     params = interop.from_torch(module.state_dict(), spec)
     assert params[0][0].w_x.dtype == jnp.float32
     np.testing.assert_array_equal(params[0][0].w_x.T, module.weight_ih_l0.detach().float().numpy())
+
+
+# --- From a PyTorch model in one call (issue 15) --------------------------------------------
+
+def _lm_loss_ours(rnn_source, embed, decoder_w, decoder_b, tokens, bptt, *, prefix="",
+                  tensor=None):
+    """The word_language_model example's evaluate(), with the RNN run by gated_rnn.
+
+    The RNN is converted in one call; chunks of the time-major [N, B] tokens run through
+    layers.apply(time_major=True), the state carried across chunks in PyTorch's own format
+    ((h, c) for the LSTM, h for the GRU; torch tensors when `tensor` makes them).
+    Returns (mean loss, [loss per chunk], final state).
+    """
+    spec, params = interop.load_torch(rnn_source, prefix=prefix)
+    w, b = jnp.asarray(decoder_w), jnp.asarray(decoder_b)
+    state, total, chunk_losses = None, 0.0, []
+    for i in range(0, tokens.shape[0] - 1, bptt):
+        seq_len = min(bptt, tokens.shape[0] - 1 - i)
+        data, targets = tokens[i:i + seq_len], tokens[i + 1:i + 1 + seq_len]
+        initial = None if state is None else interop.carry_from_torch(state, spec)
+        ys, finals = layers.apply(spec, params, embed(data), initial_carry=initial,
+                                  time_major=True)
+        state = interop.carry_to_torch(finals, spec, tensor=tensor)
+        logits = ys @ w.T + b[None, None]  # [T, B, V]
+        logp = jax.nn.log_softmax(logits)
+        nll = -jnp.take_along_axis(logp, jnp.asarray(targets)[..., None], axis=-1)
+        chunk_losses.append(float(nll.mean()))
+        total += seq_len * chunk_losses[-1]
+    return total / (tokens.shape[0] - 1), chunk_losses, state
+
+
+def _lm_golden(name):
+    with np.load(GOLDEN / f"torch_{name}_float32.npz") as f:
+        data = {k: f[k] for k in f.files}
+    return data, json.loads(str(data.pop("config")))
+
+
+@pytest.mark.parametrize("name", LM_CASES)
+def test_golden_word_lm_loss_matches_torch_carrying_state_across_chunks(name):
+    data, config = _lm_golden(name)
+    state_dict = {k[len("param."):]: v for k, v in data.items() if k.startswith("param.")}
+    emb = state_dict["encoder.weight"]
+    loss, chunk_losses, state = _lm_loss_ours(
+        state_dict, lambda tokens: emb[tokens], state_dict["decoder.weight"],
+        state_dict["decoder.bias"], data["tokens"], config["bptt"], prefix="rnn.")
+    assert len(chunk_losses) == len(data["chunk_loss"]) > 1
+    assert rel_err(chunk_losses, data["chunk_loss"]) <= TOL["float32"]
+    assert abs(loss - float(data["loss"])) <= TOL["float32"] * float(data["loss"])
+    h_n, c_n = state if config["cell"] == "LSTM" else (state, None)
+    assert rel_err(h_n, data["h_n"]) <= TOL["float32"]
+    if c_n is not None:
+        assert rel_err(c_n, data["c_n"]) <= TOL["float32"]
+
+
+def _make_golden_module():
+    """scripts/make_golden.py as a module (it imports torch): its WordLM and lm_evaluate."""
+    path = GOLDEN.parents[1] / "scripts" / "make_golden.py"
+    module_spec = importlib.util.spec_from_file_location("make_golden", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_live_word_lm_loss_matches_torch_carrying_torch_state_tuples(cell):
+    torch = pytest.importorskip("torch")
+    golden = _make_golden_module()
+    model, tokens = golden.make_lm(cell, vocab=30, emb_size=6, hidden_size=10, num_layers=2,
+                                   batch=3, num_tokens=26, seed=5)
+    want, want_chunks, want_state = golden.lm_evaluate(model, tokens, bptt=6)
+    # model.rnn in one call; the embedding's torch output goes in as it is (time-major).
+    loss, chunk_losses, state = _lm_loss_ours(
+        model.rnn, lambda tokens: model.encoder(torch.from_numpy(tokens)),
+        model.decoder.weight.detach().numpy(),
+        model.decoder.bias.detach().numpy(), tokens.numpy(), 6, tensor=torch.from_numpy)
+    assert len(chunk_losses) == 5
+    assert rel_err(chunk_losses, want_chunks) <= TOL["float32"]
+    assert abs(loss - want) <= TOL["float32"] * want
+    state, want_state = ((state, want_state) if cell == "LSTM" else ((state,), (want_state,)))
+    for got, w in zip(state, want_state):
+        assert isinstance(got, torch.Tensor)
+        assert rel_err(got.numpy(), w.numpy()) <= TOL["float32"]
+    # The torch state from gated_rnn feeds torch's module as its own does.
+    y_ours, _ = model.rnn(model.encoder(tokens[:4]), state if cell == "LSTM" else state[0])
+    y_torch, _ = model.rnn(model.encoder(tokens[:4]),
+                           want_state if cell == "LSTM" else want_state[0])
+    assert rel_err(y_ours.detach().numpy(), y_torch.detach().numpy()) <= TOL["float32"]
+
+
+def _check_like_round_trip(state_dict, spec, params):
+    """to_torch(..., like=sd) is sd key for key; a changed bias element alone is re-split."""
+    back = interop.to_torch(params, spec, like=state_dict)
+    assert list(back) == list(state_dict)
+    for k in state_dict:
+        np.testing.assert_array_equal(back[k], np.asarray(state_dict[k]), err_msg=k)
+    # Without like=, the biases are redistributed: what a checkpoint diff would show.
+    plain = interop.to_torch(params, spec)
+    assert not np.array_equal(plain["bias_hh_l0"], np.asarray(state_dict["bias_hh_l0"]))
+    changed = (params[0], *params[1:])
+    changed = ((changed[0][0]._replace(b=changed[0][0].b.at[1].add(0.25)),
+                *changed[0][1:]), *changed[1:])
+    back = interop.to_torch(changed, spec, like=state_dict)
+    old_ih, old_hh = (np.asarray(state_dict[k]) for k in ("bias_ih_l0", "bias_hh_l0"))
+    assert back["bias_ih_l0"][1] == np.asarray(changed[0][0].b)[1] and back["bias_hh_l0"][1] == 0
+    for k, old in (("bias_ih_l0", old_ih), ("bias_hh_l0", old_hh)):
+        np.testing.assert_array_equal(np.delete(back[k], 1), np.delete(old, 1))
+    _assert_trees_equal(interop.from_torch(back, spec), changed)
+
+
+@pytest.mark.parametrize("name", LM_CASES)
+def test_golden_to_torch_like_keeps_the_state_dict_key_for_key(name):
+    data, _ = _lm_golden(name)
+    rnn_sd = {k[len("param.rnn."):]: v for k, v in data.items() if k.startswith("param.rnn.")}
+    spec, params = interop.load_torch(rnn_sd)
+    _check_like_round_trip(rnn_sd, spec, params)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_live_to_torch_like_keeps_the_state_dict_key_for_key(cell):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    module = getattr(torch.nn, cell)(3, 5, num_layers=2, bidirectional=True)
+    spec, params = interop.load_torch(module)
+    _check_like_round_trip(module.state_dict(), spec, params)
+    back = interop.to_torch(params, spec, like=module.state_dict(), tensor=torch.from_numpy)
+    for k, v in module.state_dict().items():
+        assert torch.equal(back[k], v), k
+    module.load_state_dict(back, strict=True)
+
+
+@pytest.mark.parametrize("kwargs", ROUND_TRIP_SPECS + [
+    dict(cell="gru", input_size=2, hidden_size=3, dtype="float64")], ids=str)
+def test_spec_from_torch_reads_keys_and_shapes(kwargs):
+    spec = layers.Spec(**kwargs)
+    sd = {k: np.zeros(shape, spec.dtype) for k, shape in interop.expected_keys(spec).items()}
+    nonlinearity = "tanh" if spec.cell is layers.CellType.RNN else None
+    assert interop.spec_from_torch(sd, nonlinearity=nonlinearity) == spec
+    whole = {"encoder.weight": np.zeros((7, 3)), **{f"rnn.{k}": v for k, v in sd.items()}}
+    assert interop.spec_from_torch(whole, prefix="rnn.", nonlinearity=nonlinearity) == spec
+    no_bias = {k: v for k, v in sd.items() if not k.startswith("bias_")}
+    assert interop.spec_from_torch(no_bias, nonlinearity=nonlinearity) == spec
+
+
+def test_live_spec_from_torch_reads_the_module():
+    torch = pytest.importorskip("torch")
+    module = torch.nn.LSTM(3, 6, num_layers=3, bidirectional=True, proj_size=2, dropout=0.25,
+                           dtype=torch.float64)
+    assert interop.spec_from_torch(module) == layers.Spec(
+        "LSTM", 3, 6, num_layers=3, bidirectional=True, proj_size=2, dropout=0.25,
+        dtype="float64")
+    assert interop.spec_from_torch(torch.nn.RNN(2, 4)).cell is layers.CellType.RNN
+    with pytest.raises(ValueError, match=r"nonlinearity='relu'\) has no counterpart"):
+        interop.spec_from_torch(torch.nn.RNN(2, 4, nonlinearity="relu"))
+    # bias=False: zero biases in, no bias keys out (while they stay zero).
+    gru_module = torch.nn.GRU(2, 4, bias=False)
+    spec, params = interop.load_torch(gru_module)
+    assert not np.any(params[0][0].b) and not np.any(params[0][0].b_hn)
+    back = interop.to_torch(params, spec, like=gru_module, tensor=torch.from_numpy)
+    assert list(back) == ["weight_ih_l0", "weight_hh_l0"]
+    gru_module.load_state_dict(back, strict=True)
+    trained = ((params[0][0]._replace(b=params[0][0].b + 0.1),),)
+    with pytest.raises(ValueError, match=r"no bias keys \(bias=False\), but the biases "
+                                         r"\['bias_ih_l0'\] are nonzero"):
+        interop.to_torch(trained, spec, like=gru_module)
+
+
+def test_from_torch_names_the_prefix_of_a_whole_model():
+    sd = {"encoder.weight": np.zeros((7, 3)),
+          **{f"rnn.{k}": v for k, v in interop.to_torch(_random_params(SPEC), SPEC).items()}}
+    hint = (r"the RNN's keys sit under 'rnn\.'.*pass the submodule, model\.rnn or "
+            r"model\.rnn\.state_dict\(\), or prefix='rnn\.'")
+    with pytest.raises(ValueError, match=r"missing keys \['weight_ih_l0'.*" + hint):
+        interop.from_torch(sd, SPEC)
+    with pytest.raises(ValueError, match="no weight_ih_l0 / weight_hh_l0.*" + hint):
+        interop.spec_from_torch(sd)
+    with pytest.raises(ValueError, match=r"no key starts with prefix='lstm\.'.*" + hint):
+        interop.from_torch(sd, SPEC, prefix="lstm.")
+    _assert_trees_equal(interop.from_torch(sd, SPEC, prefix="rnn."),
+                        interop.from_torch({k[4:]: v for k, v in sd.items() if k[:4] == "rnn."},
+                                           SPEC))
+    back = interop.to_torch(_random_params(SPEC), SPEC, prefix="rnn.", like=sd)
+    assert list(back) == [k for k in sd if k.startswith("rnn.")]
+
+
+def test_spec_from_torch_refusals_say_what_to_do():
+    spec = layers.Spec("rnn", 3, 4)
+    sd = {k: np.zeros(shape, np.float32) for k, shape in interop.expected_keys(spec).items()}
+    with pytest.raises(ValueError, match=r"does not record its nonlinearity.*"
+                                         r"nonlinearity='tanh'"):
+        interop.spec_from_torch(sd)
+    with pytest.raises(ValueError, match=r"'relu' has no counterpart"):
+        interop.spec_from_torch(sd, nonlinearity="relu")
+    with pytest.raises(ValueError, match=r"weight_hh_l0 \(8, 4\) has 2 gate blocks"):
+        interop.spec_from_torch({**sd, "weight_hh_l0": np.zeros((8, 4))})
+    with pytest.raises(ValueError, match="state_dict must be a mapping.*or a module"):
+        interop.spec_from_torch([("weight_ih_l0", np.zeros((4, 3)))])
+
+
+def test_carry_from_torch_takes_torch_state_tuples():
+    spec = layers.Spec("lstm", 3, 5, num_layers=2)
+    rng = np.random.default_rng(0)
+    h, c = rng.standard_normal((2, 2, 3, 5)).astype(np.float32)
+    by_tuple = interop.carry_from_torch((h, c), spec)
+    _assert_trees_equal(by_tuple, interop.carry_from_torch(h, c, spec=spec))
+    np.testing.assert_array_equal(by_tuple[1][0].c, c[1])
+    gru_spec = layers.Spec("gru", 3, 5, num_layers=2)
+    np.testing.assert_array_equal(interop.carry_from_torch(h, gru_spec)[1][0].h, h[1])
+    with pytest.raises(ValueError, match=r"cell=lstm needs c.*pass the tuple \(h, c\)"):
+        interop.carry_from_torch(h, spec)
+    with pytest.raises(ValueError, match="cell=gru takes no c"):
+        interop.carry_from_torch((h, c), gru_spec)
+    with pytest.raises(ValueError, match="needs the spec"):
+        interop.carry_from_torch((h, c))

@@ -203,3 +203,52 @@ def test_grad_through_stack_matches_finite_differences(key):
         lengths = jnp.array([4, 2])
         loss = lambda p: jnp.sum(jnp.tanh(layers.apply(spec, p, xs, seq_lengths=lengths)[0]))  # noqa: E731
         check_grads(loss, (params,), order=1, modes=("rev",))
+
+
+def test_time_major_stack_matches_numpy(key):
+    with enable_x64():
+        spec = layers.Spec("gru", input_size=3, hidden_size=4, num_layers=2, bidirectional=True,
+                           init="torch", dtype=jnp.float64)
+        params = layers.init(key, spec)
+        xs = jax.random.normal(jax.random.fold_in(key, 1), (3, 5, 3), jnp.float64)  # [B, T, I]
+        lengths = np.array([5, 2, 4])
+        ys_TxBxO, finals = layers.apply(spec, params, jnp.swapaxes(xs, 0, 1),
+                                        seq_lengths=lengths, time_major=True)
+        ys_ref, finals_ref = _numpy_stack(spec, params, xs, lengths)
+        assert ys_TxBxO.shape == (5, 3, 8)
+        np.testing.assert_allclose(np.swapaxes(ys_TxBxO, 0, 1), ys_ref, rtol=1e-12, atol=1e-14)
+        for l in range(2):
+            for d in range(2):
+                np.testing.assert_allclose(finals[l][d].h,
+                                           np.stack([s[0] for s in finals_ref[l][d]]),
+                                           rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match=r"\(5, 3, 4\) .*\[T, B, I\]|\[T, B, I\].*\(5, 3, 4\)"):
+        layers.apply(layers.Spec("gru", 3, 4), layers.init(key, layers.Spec("gru", 3, 4)),
+                     jnp.zeros((5, 3, 4)), time_major=True)
+
+
+def test_spec_reads_pytorch_cell_names_in_any_case():
+    for name, cell in [("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn"), ("Lstm", "lstm"),
+                       ("RNN_TANH", "rnn")]:
+        assert layers.Spec(name, 3, 4) == layers.Spec(cell, 3, 4)
+    with pytest.raises(ValueError, match=r"cell: unknown value 'RNN_RELU'.*'rnn', 'lstm'"):
+        layers.Spec("RNN_RELU", 3, 4)
+
+
+def test_apply_takes_numpy_and_torch_inputs(key):
+    spec = layers.Spec("lstm", 3, 4, num_layers=2)
+    params = layers.init(key, spec)
+    xs = np.array(jax.random.normal(key, (2, 5, 3)))
+    want = layers.apply(spec, params, jnp.asarray(xs), seq_lengths=jnp.array([5, 2]))
+    got = layers.apply(spec, params, xs, seq_lengths=np.array([5, 2]))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    torch = pytest.importorskip("torch")
+    x_t = torch.from_numpy(xs).requires_grad_()  # as a torch module's output would be
+    carry_t = jax.tree.map(lambda a: torch.from_numpy(np.array(a)), want[1])
+    got = layers.apply(spec, params, x_t, seq_lengths=torch.tensor([5, 2]))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    again = layers.apply(spec, params, x_t, initial_carry=carry_t)
+    jax.tree.map(np.testing.assert_array_equal, again,
+                 layers.apply(spec, params, jnp.asarray(xs), initial_carry=want[1]))
+    with pytest.raises(ValueError, match=r"expected a floating dtype \(float32.*got int"):
+        layers.apply(spec, params, torch.ones(2, 5, 3, dtype=torch.int64))

@@ -286,3 +286,21 @@ def test_bad_inputs_raise_value_errors(key):
         modules.NNXGRUCell(I, H, proj_size=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="layer1_fwd"):
         modules.from_flax({"layer0_fwd": {}}, layers.Spec("lstm", I, H, num_layers=2))
+
+
+def test_time_major_stacks_equal_batch_major_layers_apply(key):
+    linen_model = modules.GRU(hidden_size=H, num_layers=2, bidirectional=True, time_major=True)
+    nnx_model = modules.NNXGRU(I, H, num_layers=2, bidirectional=True, time_major=True,
+                               rngs=nnx.Rngs(0))
+    spec = linen_model.spec(I)
+    assert spec == nnx_model.spec
+    params = layers.init(jax.random.key(3), spec)
+    nnx.update(nnx_model, nnx.State(modules.to_flax(params)))
+    xs = _inputs()
+    ys, finals = layers.apply(spec, params, xs, seq_lengths=LENGTHS)  # [B, T, 2H]
+    for got in (linen_model.apply({"params": modules.to_flax(params)}, jnp.swapaxes(xs, 0, 1),
+                                  seq_lengths=LENGTHS),
+                nnx_model(jnp.swapaxes(xs, 0, 1), seq_lengths=LENGTHS)):
+        assert got[0].shape == (T, B, 2 * H)
+        helpers.assert_trees_close((jnp.swapaxes(got[0], 0, 1), got[1]), (ys, finals),
+                                   rtol=1e-6)

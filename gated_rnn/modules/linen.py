@@ -177,6 +177,7 @@ class _LinenStack(nn.Module):
     chrono_max_len: Optional[int] = None
     unroll: int = 1
     dtype: Any = jnp.float32
+    time_major: bool = False
 
     @nn.nowrap
     def _cell_options(self) -> dict:
@@ -199,13 +200,14 @@ class _LinenStack(nn.Module):
         """Runs the stack (`layers.apply`).
 
         Args:
-          xs: [B, T, I] inputs.
+          xs: [B, T, I] inputs ([T, B, I] if the attribute `time_major` is True).
           seq_lengths: [B] lengths in [0, T], or None.
           initial_carry: carries shaped like the returned ones, or None for zeros.
           deterministic: False applies dropout between layers, with the "dropout" rng.
 
         Returns:
-          (ys, final_carries): ys [B, T, (proj_size or H) * directions], zeros past each length;
+          (ys, final_carries): ys [B, T, (proj_size or H) * directions] ([T, B, ...] if
+          time_major), zeros past each length;
           final_carries[layer][direction] the cell's Carry.
         """
         spec = self.spec(xs.shape[-1])
@@ -215,12 +217,14 @@ class _LinenStack(nn.Module):
         use_dropout = not deterministic and spec.dropout > 0 and spec.num_layers > 1
         return layers.apply(spec, params, xs, seq_lengths=seq_lengths,
                             initial_carry=initial_carry, plan=layers.Plan(unroll=self.unroll),
+                            time_major=self.time_major,
                             dropout_key=self.make_rng("dropout") if use_dropout else None)
 
 
 class RNN(_LinenStack):
     """Linen tanh-RNN stack, like `torch.nn.RNN`. Attributes: the `layers.Spec` fields, with
-    `init_scheme` for `init` (input_size is read off the input)."""
+    `init_scheme` for `init` (input_size is read off the input), `unroll`, and `time_major`
+    (inputs and outputs [T, B, ...], PyTorch's default layout)."""
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
 

@@ -120,7 +120,8 @@ class _NNXStack(nnx.Module):
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
                  init_scheme: Any = layers.Init.DEFAULT, forget_bias: float = 1.0,
                  chrono_max_len: Optional[int] = None, unroll: int = 1,
-                 dtype: Any = jnp.float32, deterministic: bool = False, **cell_options):
+                 dtype: Any = jnp.float32, deterministic: bool = False,
+                 time_major: bool = False, **cell_options):
         self.spec = layers.Spec(cell=self.CELL_TYPE, input_size=input_size,
                                 hidden_size=hidden_size, num_layers=num_layers,
                                 bidirectional=bidirectional, dropout=dropout,
@@ -128,6 +129,7 @@ class _NNXStack(nnx.Module):
                                 chrono_max_len=chrono_max_len, dtype=dtype,
                                 **_check_cell_options(type(self), cell_options))
         self.plan = layers.Plan(unroll=unroll)
+        self.time_major = time_major
         for l, layer in enumerate(layers.init(rngs.params(), self.spec)):
             for d, p in enumerate(layer):
                 setattr(self, convert.layer_name(l, d), _NNXLayerParams(p))
@@ -150,7 +152,7 @@ class _NNXStack(nnx.Module):
         """Runs the stack (`layers.apply`).
 
         Args:
-          xs: [B, T, I] inputs.
+          xs: [B, T, I] inputs ([T, B, I] if the module was built with time_major=True).
           seq_lengths: [B] lengths in [0, T], or None.
           initial_carry: carries shaped like the returned ones, or None for zeros.
           deterministic: overrides the attribute (set by `.train()` / `.eval()`); False applies
@@ -171,13 +173,15 @@ class _NNXStack(nnx.Module):
                 rngs = rngs["dropout"]
             dropout_key = rngs() if isinstance(rngs, nnx.RngStream) else rngs
         return layers.apply(self.spec, self.params, xs, seq_lengths=seq_lengths,
-                            initial_carry=initial_carry, plan=self.plan, dropout_key=dropout_key)
+                            initial_carry=initial_carry, plan=self.plan, dropout_key=dropout_key,
+                            time_major=self.time_major)
 
 
 class NNXRNN(_NNXStack):
     """NNX tanh-RNN stack: `NNXRNN(input_size, hidden_size, num_layers=..., rngs=nnx.Rngs(0))`.
 
-    Options: the `layers.Spec` fields (with `init_scheme` for `init`) and `deterministic`.
+    Options: the `layers.Spec` fields (with `init_scheme` for `init`), `unroll`, `deterministic`
+    and `time_major` (inputs and outputs [T, B, ...], PyTorch's default layout).
     Params: `layers.init(rngs.params(), spec)`, under "layer0_fwd", "layer0_bwd", ...
     """
 
