@@ -59,7 +59,7 @@ class Schedule(str, enum.Enum):
 
 
 class Optimizer(NamedTuple):
-    """The `train` fields that make the optax transformation (`train.make_optimizer`)."""
+    """The `train` fields that make the optax transformation (`make_optimizer`)."""
 
     algorithm: Algorithm
     learning_rate: float
