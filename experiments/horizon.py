@@ -280,6 +280,7 @@ def horizon_table(entries: Sequence[dict]) -> str:
 
 
 def write_horizons(root: str, entries: Sequence[dict]) -> str:
+    os.makedirs(root, exist_ok=True)
     path = os.path.join(root, HORIZON_FILE)
     files.atomic_write(path, json.dumps(list(entries), indent=1) + "\n")
     return path
@@ -289,19 +290,10 @@ def write_horizons(root: str, entries: Sequence[dict]) -> str:
 
 
 def _define_flags() -> None:
-    """Flags exist only when this module runs as a program."""
-    flags.DEFINE_string("grid", "horizon", "a grid of experiments/configs/sweeps.py (its tasks, "
-                        "cells, inits, seeds and config; its seq_lens are ignored)")
-    flags.DEFINE_string("root", None, "directory holding one workdir per point", required=True)
-    flags.DEFINE_list("tasks", None, "only these tasks (default: the grid's)")
-    flags.DEFINE_list("cells", None, "replace the grid's cells (rnn, lstm, gru)")
-    flags.DEFINE_list("inits", None, "replace the grid's inits")
-    flags.DEFINE_list("gru_variants", None, "replace the grid's GRU variants")
+    """Flags exist only when this module runs as a program: the sweep's grid flags, and:"""
+    sweep.define_grid_flags("horizon")  # its seq_lens are not used: the search picks them
     flags.DEFINE_string("recipe", None, f"a paper's training recipe: {list(recipes.RECIPES)} "
                         f"(experiments/configs/recipes.py)")
-    flags.DEFINE_integer("steps", None, "train.steps (the budget) of every point")
-    flags.DEFINE_integer("num_seeds", None, "seeds per point (vmapped in one run)")
-    flags.DEFINE_multi_string("set", [], "dotted.config.field=value for every point")
     flags.DEFINE_integer("start_len", None, "first length (default: the grid task's "
                          "start_len, else its first seq_len)")
     flags.DEFINE_float("factor", None, "growth factor of the length while solved (> 1; "
@@ -314,8 +306,6 @@ def _define_flags() -> None:
                       "--lr_ref_len first (a fair comparison)")
     flags.DEFINE_integer("lr_ref_len", None, "reference length of --lr_grid (default: "
                          "--start_len)")
-    flags.DEFINE_integer("shard_index", None, "this shard (default: from SLURM, else 0)")
-    flags.DEFINE_integer("num_shards", None, "shards in all (default: from SLURM, else 1)")
     flags.DEFINE_bool("aggregate_only", False, "train nothing; rebuild horizon.json and the "
                       "report from the finished points under --root")
 
@@ -361,6 +351,8 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     parallel.quiet_library_logs()
     try:  # bad flags: one line, exit 2, nothing written
+        if f.aggregate_only and not os.path.isdir(f.root):
+            raise ValueError(f"--root: {f.root!r} does not exist (nothing to aggregate)")
         grid = _resolve(f)
         rules = _rules(grid, f)
         try:

@@ -321,9 +321,10 @@ def _seed_values(result: dict[str, Any], key: str) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def _define_flags() -> None:
-    """Flags exist only when this module runs as a program, so importing it defines none."""
-    flags.DEFINE_string("grid", "lengths", f"a grid of experiments/configs/sweeps.py: "
+def define_grid_flags(default_grid: str) -> None:
+    """The flags a sweep and the horizon search share: the grid, the root, the grid's
+    overrides (tasks, cells, inits, GRU variants, steps, seeds, --set) and the shard."""
+    flags.DEFINE_string("grid", default_grid, f"a grid of experiments/configs/sweeps.py: "
                         f"{sorted(sweeps.GRIDS)}")
     flags.DEFINE_string("root", None, "directory holding one workdir per point", required=True)
     flags.DEFINE_list("tasks", None, "only these tasks (default: the grid's)")
@@ -332,8 +333,7 @@ def _define_flags() -> None:
                       "torch)")
     flags.DEFINE_list("gru_variants", None, "replace the grid's GRU variants (reset_after, "
                       "reset_before)")
-    flags.DEFINE_list("seq_lens", None, "replace every task's sequence lengths")
-    flags.DEFINE_integer("steps", None, "train.steps of every point")
+    flags.DEFINE_integer("steps", None, "train.steps (the budget) of every point")
     flags.DEFINE_integer("num_seeds", None, "seeds per point (vmapped in one run)")
     flags.DEFINE_multi_string("set", [], "dotted.config.field=value for every point, e.g. "
                               "--set=model.hidden_size=32 (repeatable)")
@@ -341,6 +341,12 @@ def _define_flags() -> None:
                          "$SLURM_ARRAY_TASK_MIN, else 0)")
     flags.DEFINE_integer("num_shards", None, "shards in all (default: $SLURM_ARRAY_TASK_COUNT, "
                          "else 1)")
+
+
+def _define_flags() -> None:
+    """Flags exist only when this module runs as a program, so importing it defines none."""
+    define_grid_flags("lengths")
+    flags.DEFINE_list("seq_lens", None, "replace every task's sequence lengths")
     flags.DEFINE_bool("aggregate_only", False, "run nothing; write the report from every "
                       "result.json under --root")
     flags.DEFINE_bool("dry_run", False, "print this shard's points and exit")

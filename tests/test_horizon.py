@@ -154,11 +154,15 @@ def test_command_line_search_with_the_trainer(tmp_path):
         assert json.load(f) == [entry]
 
 
-def test_bad_flags_are_refused_in_one_line(tmp_path):
-    cmd = [sys.executable, "-m", "experiments.horizon", "--grid=smoke", f"--root={tmp_path}",
-           "--factor=1"]
+@pytest.mark.parametrize("flag, named", [("--factor=1", "--factor"),
+                                         ("--lr_grid=fast", "--lr_grid"),
+                                         ("--aggregate_only", "--root")])
+def test_bad_flags_are_refused_in_one_line(tmp_path, flag, named):
+    root = tmp_path / ("missing" if flag == "--aggregate_only" else "")
+    cmd = [sys.executable, "-m", "experiments.horizon", "--grid=smoke", f"--root={root}", flag]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and "--factor" in out.stderr
+    assert out.returncode == 2, out.stderr[-1000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {named}")
     assert not os.listdir(tmp_path)
 
 
