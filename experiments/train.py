@@ -12,7 +12,8 @@ Pieces, each usable alone (tests, notebooks), given `setup = setup.build(config)
 
 The jitted steps take the Setup as a static argument: it is hashable by value (see
 experiments/setup.py), so equal configs share the compiled steps (a rerun or resume in the same
-process compiles nothing new).
+process compiles nothing new). The key leaves out `setup.run` (seed, steps, intervals), which no
+jitted step reads: runs that differ only there share compiled code too.
 
 Seeds: `num_seeds = S` trains S models with `jax.vmap` over a leading axis of the whole state, in
 one compiled step. Seed i of a run with base seed s is built from `jax.random.key(s + i)` alone
@@ -87,6 +88,12 @@ class Split(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # State and steps.
 
+def _compiled(setup: setup_lib.Setup) -> setup_lib.Setup:
+    """The jitted steps' static key: the Setup without the loop's options (`run`), which they
+    never read, so runs that differ only in seed, steps or intervals share compiled code."""
+    return setup._replace(run=None)
+
+
 def _seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     root = jax.random.key(seed)
     return tuple(jax.random.fold_in(root, i) for i in range(3))
@@ -108,7 +115,8 @@ def create_train_state(setup: setup_lib.Setup, seed: int, num_seeds: int = 1) ->
     Each seed is initialised on its own (not vmapped), so seed i's params are exactly those of a
     single-seed run with seed + i.
     """
-    states = [_init_one(setup, jnp.asarray(seed + i, jnp.uint32)) for i in range(num_seeds)]
+    states = [_init_one(_compiled(setup), jnp.asarray(seed + i, jnp.uint32))
+              for i in range(num_seeds)]
     # Committed to the device like a state restored by orbax, so that train_step's compile
     # cache (which keys on commitment) is shared by fresh and resumed runs.
     return jax.device_put(_stack(states), jax.local_devices()[0])
@@ -145,7 +153,6 @@ def train_step_one(setup: setup_lib.Setup, state: TrainState, batch: tasks.Batch
     return state._replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def train_step(setup: setup_lib.Setup, state: TrainState,
                batch: tasks.Batch) -> tuple[TrainState, dict]:
     """One optimizer step of every seed.
@@ -159,6 +166,12 @@ def train_step(setup: setup_lib.Setup, state: TrainState,
       (new state, metrics {name: [S]}): the task's metrics on this batch (before the update)
       and the gradient's global norm.
     """
+    return _train_step(_compiled(setup), state, batch)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _train_step(setup: setup_lib.Setup, state: TrainState,
+                batch: tasks.Batch) -> tuple[TrainState, dict]:
     step_one = functools.partial(train_step_one, setup)
     if setup.layout is not None:
         return parallel.sharded_step(setup.layout, step_one)(state, batch)
@@ -170,21 +183,29 @@ def _sample_one(task: tasks.Task, batch_size: int, key_data: jax.Array, index: j
     return task.sample(key, batch_size)
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def sample_batch(setup: setup_lib.Setup, state: TrainState) -> tasks.Batch:
     """The training batch of step `state.step` of every seed: inputs [S, B, T, I]."""
+    return _sample_batch(_compiled(setup), state)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sample_batch(setup: setup_lib.Setup, state: TrainState) -> tasks.Batch:
     sample = functools.partial(_sample_one, setup.task, setup.batch_size)
     batch = jax.vmap(sample)(state.data_key, state.step)
     # Sharded: XLA splits the sampling over the devices (partitionable threefry: same values).
     return batch if setup.layout is None else parallel.constrain_batch(setup.layout, batch)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
 def eval_step(setup: setup_lib.Setup, task: tasks.Task, params: Any, eval_key: jax.Array) -> dict:
     """Metrics {name: [S]} of every seed on its fixed eval batch of `task`.
 
     The eval batch is drawn from fold_in(eval_key, task.seq_len), the same at every call.
     """
+    return _eval_step(_compiled(setup), task, params, eval_key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _eval_step(setup: setup_lib.Setup, task: tasks.Task, params: Any, eval_key: jax.Array) -> dict:
     def one(params, key_data):
         batch = _sample_one(task, setup.eval_batch_size, key_data, task.seq_len)
         outputs = model_lib.apply(setup.model, params, batch.inputs)
