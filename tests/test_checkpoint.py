@@ -163,7 +163,7 @@ def hold_lock(workdir):
     """A second process holding workdir's lock (as a run there does); kill it to release."""
     os.makedirs(workdir, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK,
-                             os.path.join(workdir, checkpoint.LOCK_FILE)],
+                             os.path.join(workdir, ".lock")],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "locked\n"
     return proc
