@@ -22,6 +22,12 @@ model as a run with `seed = s + i, num_seeds = 1`.
 Data: the batch of step n (n = 0, 1, ...) is `task.sample(fold_in(data_key, n), batch_size)`,
 drawn on the device; eval batches come from the eval key and are the same at every evaluation.
 
+Before the loop, with nothing compiled or written yet: the config is validated, the run's
+memory estimated from the state's shapes (`resources.check_memory`) and the disk checked; then
+the workdir is locked for the whole run (`checkpoint.lock_workdir`: a second process there is
+refused). A failed write is a CheckpointError or `files.WriteError`; closing the writers after
+an error never masks it.
+
 The loop's phases, one small function each: resume (`_prepare_workdir`, `_resume`), step
 (`_step`), log (`_log_train`), evaluate (`_evaluate`), checkpoint (`_checkpoint`, and
 `_stop_on_signal` for SIGTERM / SIGINT), finish (`_finish`).
@@ -420,13 +426,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     """
     # The devices too: a ValueError (e.g. a batch they do not divide) before anything is written.
     setup = setup_lib.build(config, with_layout=True)
-    logging.info("Config:\n%s", config)
-    logging.info("Devices: %d %s, split over %s.", setup.layout.num_devices,
-                 jax.default_backend(), setup.layout.partition.value)
     # Memory and disk, from the state's shapes: refused before anything is compiled or written.
     shapes = resources.state_shapes(_init_one, setup)
     resources.check_memory(setup, shapes)
     checkpoint.check_free_space(workdir, shapes, setup.run.max_checkpoints)
+    logging.info("Config:\n%s", config)
+    logging.info("Devices: %d %s, split over %s.", setup.layout.num_devices,
+                 jax.default_backend(), setup.layout.partition.value)
     # One process per workdir: the lock is taken before anything in it is read or written.
     with checkpoint.lock_workdir(workdir) if parallel.is_main() else contextlib.nullcontext():
         _prepare_workdir(workdir, config.to_json_best_effort(indent=2), setup.run.fresh_start)

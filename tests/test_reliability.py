@@ -61,9 +61,9 @@ def test_fault_injection_three_kills(reference, tmp_path):
 
 @pytest.mark.slow
 def test_fault_injection_concurrent_and_damaged_newest(reference, tmp_path):
-    """The script's other cases (~2 min on 2 shared cores: subprocess runs): a second command on a busy
-    workdir is refused naming the first's pid, and a finished run whose newest step lost every
-    file reruns bitwise equal (in-process counterparts: tests/test_checkpoint.py)."""
+    """The script's other cases (~2 min on 2 shared cores: subprocess runs): a second command
+    on a busy workdir is refused naming the first's pid, and a finished run whose newest step
+    lost every file reruns bitwise equal (in-process counterparts: tests/test_checkpoint.py)."""
     assert fault_injection.concurrent(str(tmp_path), reference[0], STEPS) == []
     assert fault_injection.damaged_newest(str(tmp_path), reference[0], STEPS) == []
 

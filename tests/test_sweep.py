@@ -1,8 +1,9 @@
 """Pins the sweep machinery: grids -> points -> configs, skipping finished points, resuming
 interrupted ones, refusing a changed config, and sharded runs aggregating to the same report as
 one run; issue 14: a point another process holds is skipped, an invalid `--set` records nothing,
-a damaged sweep_point.json is named, and refusals and signals are one line. Training is a fake (a deterministic function of the config that writes the trainer's
-files); one real smoke-size point runs end to end in tests/test_probe.py.
+a damaged sweep_point.json is named, and refusals and signals are one line. Training is a fake
+(a deterministic function of the config that writes the trainer's files); one real smoke-size
+point runs end to end in tests/test_probe.py.
 """
 
 import json
