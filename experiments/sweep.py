@@ -40,7 +40,9 @@ import copy
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable, NamedTuple, Sequence
@@ -403,18 +405,44 @@ def finish(root: str, probe_at: Sequence[str] = ()) -> None:
             print(f"{name:>20}: {path}")
 
 
+class _Signalled(BaseException):
+    """SIGTERM / SIGINT while no training step was in progress (a BaseException, so that
+    `run_point` does not report it as a failed point and go on)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signalled(signum, frame):
+    raise _Signalled(signum)
+
+
 @contextlib.contextmanager
 def one_line_errors():
     """For the command lines: a ValueError or WorkdirError is one line on stderr and exit 2; a
-    signal's `checkpoint.Stopped` its line (rerun the same command to resume) and exit 128 + N."""
+    signal is one line saying to rerun the same command to resume, and exit 128 + N (during
+    training the trainer saves the current step first: `checkpoint.Stopped`)."""
+    signals = (signal.SIGTERM, signal.SIGINT)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, _raise_signalled) for s in signals} if main_thread else {}
     try:
         yield
     except checkpoint.Stopped as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(e.code)
+        _exit(e.code, str(e))
+    except _Signalled as e:
+        _exit(128 + e.signum, f"stopped by {signal.Signals(e.signum).name} between training "
+                              f"steps (nothing to save); rerun the same command to resume")
     except (ValueError, checkpoint.WorkdirError) as e:
-        print(f"error: {str(e).replace(chr(10), ' ')}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        _exit(2, str(e).replace("\n", " "))
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _exit(code: int, message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -257,3 +257,23 @@ def test_command_line_errors_are_one_line(capsys, error, code, line):
             raise error
     assert info.value.code == code
     assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_a_signal_outside_training_is_one_line_and_not_a_failed_point(tmp_path, capsys):
+    """SIGTERM before a point's trainer installed its handlers (e.g. while it starts up)."""
+    grid = _grid(seq_lens=[10])
+    calls = []
+
+    def terminated(config, workdir):
+        calls.append(workdir)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        with sweep.one_line_errors():
+            sweep.run_points(grid, sweep.grid_points(grid), str(tmp_path), train_fn=terminated)
+    assert info.value.code == 143 and len(calls) == 1  # the sweep stopped at once
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: stopped by SIGTERM between training steps (nothing to save); rerun the same "
+        "command to resume")
+    assert signal.getsignal(signal.SIGTERM) == before
