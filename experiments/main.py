@@ -75,14 +75,17 @@ def unknown_field_error(argv: list[str]) -> Optional[str]:
     if value is None:
         return None
     path, _, arg = value.partition(":")
-    spec = importlib.util.spec_from_file_location("_config_file", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(*([arg] if arg else []))
+    try:
+        spec = importlib.util.spec_from_file_location("_config_file", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(*([arg] if arg else []))
+    except Exception:  # noqa: BLE001 - the file's own error is reported by the caller
+        return None
     names = list(checkpoint.flatten(config.to_dict()))
     sections = {n.rsplit(".", 1)[0] for n in names if "." in n}
-    for arg in argv:
-        if not (m := re.match(r"^--?(?:no)?config\.([^=]+)", arg)):
+    for token in argv:
+        if not (m := re.match(r"^--?(?:no)?config\.([^=]+)", token)):
             continue
         field = m.group(1)
         if field in names or field in sections:
