@@ -1,13 +1,23 @@
-"""Checkpoint safety around orbax: damaged steps, config mismatches, full disks, signals.
+"""Checkpoint safety around orbax: one process per workdir, damaged steps, config mismatches,
+full disks, signals.
 
 Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and commits it by renaming, so a step
 directory is either complete or absent; but its removal of old steps (max_to_keep) is not
 atomic, and files can be truncated or deleted afterwards. Hence:
 
+- `lock_workdir` holds an exclusive `fcntl.flock` on `workdir/.lock` for the whole run: a second
+  process on the same workdir is refused (WorkdirBusy, naming the holder's pid) before it reads
+  or writes anything. The OS releases the lock when the holder dies, even by SIGKILL, so a lock
+  is never stale. Re-entrant within a process (a sweep locks a point, then trains it).
+- `save` writes `workdir/checksums/<step>.json` (SHA-256 of each array's bytes) before orbax
+  starts the step, so every committed step has one.
 - `restore_latest` tries the committed steps newest first, catches any error per step, checks
-  what it read (structure, shapes, dtypes, the stored step number, finite values), moves a step
-  it cannot use to `workdir/damaged_checkpoints/` (so the run can save that step again) and
-  reports it; it returns the newest restorable state. Uncommitted tmp directories are never read.
+  what it read (structure, shapes, dtypes, the stored step number, finite values, the
+  checksums), moves a step it cannot use to `workdir/damaged_checkpoints/` (so the run can save
+  that step again) and reports it; it returns the newest restorable state. Uncommitted tmp
+  directories are never read. The manager names its one item and handler explicitly
+  (`manager`): otherwise orbax infers a multi-item layout from a step whose item folder is
+  missing and then fails every older step too.
 - `check_config` stores the config the checkpoints were made by (workdir/checkpoint_config.json)
   and refuses to resume under another config, listing the differing keys; `start_fresh` moves a
   previous run's outputs to `workdir/previous_<k>/` (nothing is deleted).
@@ -22,12 +32,17 @@ atomic, and files can be truncated or deleted afterwards. Hence:
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import io
 import json
 import os
 import shutil
 import signal
 import threading
+import time
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -40,6 +55,8 @@ from experiments import files
 CONFIG_FILE = "checkpoint_config.json"  # in workdir: the config the checkpoints were made by
 PENDING_FILE = "pending_metrics.npz"  # in workdir
 DAMAGED_DIR = "damaged_checkpoints"  # in workdir
+CHECKSUM_DIR = "checksums"  # in workdir: <step>.json, {array path: SHA-256 of its bytes}
+LOCK_FILE = ".lock"  # in workdir: flock-ed by the process running there; holds its pid
 TMP_MARKER = ".orbax-checkpoint-tmp"
 # Fields that do not change the numbers of a run: they may differ on resume.
 HARMLESS_KEYS = ("train.progress_every_secs", "train.max_checkpoints", "train.fresh_start",
@@ -55,7 +72,7 @@ def _harmless(key: str) -> bool:
     return any(key == h or (h.endswith(".") and key.startswith(h)) for h in HARMLESS_KEYS)
 # Outputs of a run that `start_fresh` moves aside.
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "result.json", "config.json", PENDING_FILE,
-               DAMAGED_DIR, CONFIG_FILE)
+               DAMAGED_DIR, CONFIG_FILE, CHECKSUM_DIR)
 
 
 class CheckpointError(RuntimeError):
@@ -64,6 +81,10 @@ class CheckpointError(RuntimeError):
 
 class WorkdirError(OSError):
     """The workdir cannot hold the run (not writable, not enough free space)."""
+
+
+class WorkdirBusy(WorkdirError):
+    """Another process holds the workdir's lock (it is running there)."""
 
 
 class Skipped(NamedTuple):
@@ -94,6 +115,42 @@ def _check_restored(restored: Any, target: Any, step: int) -> None:
         raise ValueError(f"stored step {stored.tolist()} != directory step {step}")
 
 
+def checksums(state: Any) -> Optional[dict[str, str]]:
+    """{array path: SHA-256 hex digest of its bytes} of a state; None if some array is not fully
+    addressable from this process (multi-host: not checked)."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    if not all(getattr(x, "is_fully_addressable", True) for _, x in leaves):
+        return None
+    arrays = jax.device_get([x for _, x in leaves])
+    return {jax.tree_util.keystr(path): hashlib.sha256(np.ascontiguousarray(a).tobytes())
+            .hexdigest() for (path, _), a in zip(leaves, arrays)}
+
+
+def _checksum_path(workdir: str, step: int) -> str:
+    return os.path.join(workdir, CHECKSUM_DIR, f"{step}.json")
+
+
+def _check_checksums(restored: Any, workdir: str, step: int) -> None:
+    """ValueError unless each restored array has the SHA-256 recorded when `step` was saved.
+
+    A step without a checksum file (saved before checksums existed) is not checked."""
+    path = _checksum_path(workdir, step)
+    if not os.path.exists(path):
+        logging.info("No checksums for checkpoint step %d (%s): not verified.", step, path)
+        return
+    with open(path) as f:
+        try:
+            stored = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path} is damaged ({e})") from None
+    got = checksums(restored)
+    if got is None:
+        return
+    bad = [k for k in got if stored.get(k) != got[k]]
+    if bad:
+        raise ValueError(f"checksum mismatch (SHA-256 differs from the one saved) in {bad[:3]}")
+
+
 def _move_aside(directory: str, step: int, workdir: str) -> Optional[str]:
     src = os.path.join(directory, str(step))
     if not os.path.exists(src):
@@ -104,6 +161,8 @@ def _move_aside(directory: str, step: int, workdir: str) -> Optional[str]:
     while os.path.exists(dst := os.path.join(dst_root, f"{step}_{k}")):
         k += 1
     os.rename(src, dst)
+    if os.path.exists(sums := _checksum_path(workdir, step)):
+        os.rename(sums, os.path.join(dst_root, f"{step}_{k}.checksums.json"))
     return dst
 
 
@@ -112,8 +171,9 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
     """The newest checkpoint that restores cleanly into `target`'s structure.
 
     Args:
-      manager: the run's CheckpointManager.
-      target: a state with the expected structure, shapes and dtypes (e.g. a fresh TrainState).
+      manager: the run's CheckpointManager (`manager(...)`).
+      target: a state with the expected structure, shapes and dtypes (e.g. a fresh TrainState,
+        or its `jax.eval_shape`).
       workdir: where damaged steps are moved (default: the parent of the checkpoint directory).
 
     Returns:
@@ -128,20 +188,21 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
         try:
             restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
             _check_restored(restored, target, step)
+            _check_checksums(restored, workdir, step)
         except Exception as e:  # noqa: BLE001 - any failure means: use an earlier step
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
             moved = _move_aside(directory, step, workdir)
             skipped.append(Skipped(step, reason))
             logging.warning("Checkpoint step %d is damaged (%s); moved to %s; trying an earlier "
                             "step.", step, reason, moved)
+            # What orbax read from the damaged step (e.g. its item layout) must not carry over.
+            manager.reload()
             continue
         if skipped:
-            manager.reload()
             logging.warning("Resumed from step %d after skipping damaged step(s) %s.", step,
                             [s.step for s in skipped])
         return restored, skipped
     if skipped:
-        manager.reload()
         logging.warning("No restorable checkpoint (skipped %s): starting from step 0.",
                         [s.step for s in skipped])
     return None, skipped
@@ -165,18 +226,38 @@ def remove_uncommitted(directory: str) -> list[str]:
 
 def manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
     """The run's orbax CheckpointManager in workdir/checkpoints, keeping the newest max_to_keep
-    steps (`train.max_checkpoints`)."""
+    steps (`train.max_checkpoints`).
+
+    Its one item ("default", a StandardCheckpointHandler) is declared, not inferred from the
+    steps on disk: a step missing its item folder would otherwise make orbax infer a multi-item
+    layout and refuse every step after it."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                 options=options)
+                                 options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
 def save(manager: ocp.CheckpointManager, state: Any, step: int) -> None:
-    """Starts saving `state` as `step`; raises CheckpointError if orbax reports a failure."""
+    """Records the state's checksums, then starts saving it as `step`; raises CheckpointError if
+    either fails.
+
+    The checksums go first (`workdir/checksums/<step>.json`): a step orbax commits always has
+    them. Checksums of steps older than the oldest kept one are removed."""
+    workdir = os.path.dirname(os.fspath(manager.directory))
     try:
+        sums = checksums(state)
+        if sums is not None and jax.process_index() == 0:
+            os.makedirs(os.path.join(workdir, CHECKSUM_DIR), exist_ok=True)
+            files.atomic_write(_checksum_path(workdir, step), json.dumps(sums, indent=0))
         manager.save(step, args=ocp.args.StandardSave(state))
     except Exception as e:  # noqa: BLE001 - orbax raises whatever the filesystem raised
         raise _save_error(manager, step, e) from e
+    kept = manager.all_steps()
+    if kept and jax.process_index() == 0 and os.path.isdir(os.path.join(workdir, CHECKSUM_DIR)):
+        for name in os.listdir(os.path.join(workdir, CHECKSUM_DIR)):
+            stem = name.partition(".")[0]
+            if stem.isdigit() and int(stem) < min(kept):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(workdir, CHECKSUM_DIR, name))
 
 
 def wait_for_saves(manager: ocp.CheckpointManager, step: Optional[int] = None) -> None:
@@ -197,14 +278,68 @@ def _save_error(manager: ocp.CheckpointManager, step: Optional[int], e: Exceptio
         intact = [s for s in manager.all_steps() if s != step]
     except Exception:  # noqa: BLE001
         intact = "unknown"
+    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
     return CheckpointError(
-        f"saving checkpoint step {step} in {manager.directory} failed ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}); earlier checkpoints {intact} are intact "
-        f"and rerunning the command resumes from the latest of them")
+        f"{'disk full: ' if full else ''}saving checkpoint step {step} in {manager.directory} "
+        f"failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); earlier "
+        f"checkpoints {intact} are intact; {'free space and ' if full else ''}rerun the same "
+        f"command to resume from the latest of them")
 
 
 # ---------------------------------------------------------------------------------------------
 # Workdir.
+
+_HELD: dict[str, list] = {}  # realpath of a workdir this process locked -> [fd, depth]
+
+
+@contextlib.contextmanager
+def lock_workdir(workdir: str):
+    """Holds an exclusive lock on `workdir` (flock on workdir/.lock) for the block.
+
+    Creates the workdir and its .lock file if missing, and writes this process's pid into the
+    file once it holds the lock. Re-entrant within one process.
+
+    Raises:
+      WorkdirBusy: another process holds it (the message names its pid); nothing was written.
+      WorkdirError: the workdir cannot be created.
+    """
+    key = os.path.realpath(workdir)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    path = os.path.join(workdir, LOCK_FILE)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise WorkdirError(f"--workdir={workdir!r}: cannot write there ({e.strerror or e}); "
+                           f"choose a writable directory") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = b""
+        for _ in range(20):  # the holder writes its pid right after locking
+            if holder := os.pread(fd, 32, 0).strip():
+                break
+            time.sleep(0.01)
+        os.close(fd)
+        raise WorkdirBusy(
+            f"--workdir={workdir!r} is in use by another process (pid "
+            f"{holder.decode(errors='replace') or 'unknown'}, holding {path}); wait for it to "
+            f"finish or stop it, or use another --workdir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = [fd, 1]
+        yield
+    finally:
+        _HELD.pop(key, None)
+        os.close(fd)  # releases the lock
+
 
 def check_writable(workdir: str) -> None:
     """Creates `workdir` and writes, syncs and removes a probe file; WorkdirError if it fails."""
@@ -227,9 +362,17 @@ def state_nbytes(state: Any) -> int:
 
 def check_free_space(workdir: str, state: Any, max_checkpoints: int) -> None:
     """WorkdirError unless the disk has room for max_checkpoints + 1 copies of `state` (+ 16 MiB
-    of metrics and metadata)."""
+    of metrics and metadata). Writes nothing: a workdir not created yet is measured on the
+    nearest existing parent directory.
+
+    Args:
+      state: the run's state, or its shapes (`jax.eval_shape`).
+    """
     need = (max_checkpoints + 1) * state_nbytes(state) + (16 << 20)
-    free = shutil.disk_usage(workdir).free
+    where = os.path.abspath(workdir)
+    while not os.path.exists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    free = shutil.disk_usage(where).free
     if free < need:
         raise WorkdirError(f"--workdir={workdir!r}: {free / 2**20:.1f} MiB free, the run needs "
                            f"about {need / 2**20:.1f} MiB for its checkpoints; free some space")
@@ -290,7 +433,14 @@ def check_config(workdir: str, config_json: str) -> None:
     has_steps = os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
     if has_steps and os.path.exists(path):
         with open(path) as f:
-            stored = json.load(f)
+            try:
+                stored = json.load(f)
+            except ValueError as e:
+                raise ValueError(
+                    f"{path} is damaged ({e}); it records the config the checkpoints were made "
+                    f"by: restore it (config.json next to it holds the last run's config), or "
+                    f"rerun with --fresh_start to start over (the old run is moved to "
+                    f"{workdir}/previous_<k>/)") from None
         diffs = config_differences(stored, config_json)
         if diffs:
             raise ValueError(
@@ -336,14 +486,20 @@ def load_pending(workdir: str, step: int) -> list[dict]:
     path = os.path.join(workdir, PENDING_FILE)
     if not os.path.exists(path):
         return []
-    with np.load(path, allow_pickle=False) as f:
-        if int(f["step"]) != step:
-            return []
-        rows = [{} for _ in range(int(f["count"]))]
-        for name in f.files:
-            if "/" in name:
-                i, key = name.split("/", 1)
-                rows[int(i)][key] = f[name]
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if int(f["step"]) != step:
+                return []
+            rows = [{} for _ in range(int(f["count"]))]
+            for name in f.files:
+                if "/" in name:
+                    i, key = name.split("/", 1)
+                    rows[int(i)][key] = f[name]
+    except Exception as e:  # noqa: BLE001 - a damaged npz raises zipfile/OS/Value/Key errors
+        raise ValueError(
+            f"{path} is damaged ({type(e).__name__}: {e}); it holds the step metrics of the "
+            f"unlogged steps before checkpoint step {step}: delete it to resume anyway (the "
+            f"next train row then averages fewer steps), or rerun with --fresh_start") from None
     return rows
 
 

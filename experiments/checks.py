@@ -23,14 +23,16 @@ def is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def integer(label: str, value: Any, minimum: int = 1) -> int:
-    """Returns `value` as an int if it is an integer >= minimum.
+def integer(label: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
+    """Returns `value` as an int if it is an integer >= minimum (and <= maximum, if given).
 
     Raises:
-      ValueError: `<label>: expected an integer >= <minimum>, got <value!r>`.
+      ValueError: `<label>: expected an integer >= <minimum>, got <value!r>` (or `an integer in
+        [<minimum>, <maximum>]`).
     """
-    if not is_int(value) or value < minimum:
-        raise ValueError(f"{label}: expected an integer >= {minimum}, got {value!r}")
+    if not is_int(value) or value < minimum or maximum is not None and value > maximum:
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{label}: expected an integer {allowed}, got {value!r}")
     return int(value)
 
 

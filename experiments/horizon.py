@@ -371,8 +371,9 @@ def main(argv: Sequence[str]) -> None:
         parallel.set_cpu_devices(*(sweep.make_config(grid, s.at(rules[s.task].start_len))
                                    for s in mine))
     start = time.time()
-    entries = [horizon_search(grid, s, rules[s.task], f.root, train=s in mine, lrs=lrs,
-                              lr_ref_len=f.lr_ref_len) for s in all_searches]
+    with sweep.one_line_errors():  # a signal: one line, rerun to resume; a changed setting
+        entries = [horizon_search(grid, s, rules[s.task], f.root, train=s in mine, lrs=lrs,
+                                  lr_ref_len=f.lr_ref_len) for s in all_searches]
     print(horizon_table(entries))
     print(f"{HORIZON_FILE}: {write_horizons(f.root, entries)}")
     if any(report.find_results(f.root)):  # the sweep's report and the grid's probes

@@ -7,18 +7,25 @@
 Rerunning the same command resumes from the workdir's latest checkpoint. The run is finished
 when workdir/result.json exists.
 
-Exit codes: 0 finished; 2 bad config or workdir (one line on stderr, nothing written);
-3 non-finite loss/gradients (names the step and the last good checkpoint); 4 a checkpoint save
-failed (earlier ones intact); 128 + N stopped by signal N (SIGTERM 143, SIGINT 130) after saving
-the current step: rerun the same command to resume.
+Exit codes: 0 finished; 2 bad config, config file, command line or workdir, a workdir in use
+by another process, a run too large for memory or disk, a damaged file (one line on stderr,
+naming it; nothing written); 3 non-finite loss/gradients (names the step, the last good
+checkpoint and what to do); 4 a checkpoint or output write failed, e.g. a full disk (earlier
+checkpoints intact: free space and rerun the same command); 128 + N stopped by signal N
+(SIGTERM 143, SIGINT 130) after saving the current step: rerun the same command to resume.
 """
 
+import difflib
+import importlib.util
+import os
+import re
 import sys
+from typing import Optional
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import checkpoint, parallel, train
+from experiments import checkpoint, files, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Task config file, e.g. experiments/configs/copy.py[:smoke][,seq_len=N].",
@@ -33,6 +40,80 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _exit(code: int, message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def _config_value(argv: list[str]) -> Optional[str]:
+    """The value of --config in argv, or None."""
+    for i, arg in enumerate(argv):
+        if m := re.match(r"^--?config(=(.*))?$", arg):
+            return m.group(2) if m.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
+    return None
+
+
+def config_file_error(argv: list[str]) -> Optional[str]:
+    """One line if --config names a file that does not exist or does not parse; else None."""
+    value = _config_value(argv)
+    if value is None:
+        return None
+    path = value.split(":", 1)[0]
+    if not os.path.isfile(path):
+        return f"--config={value}: no such file {path!r}"
+    try:
+        with open(path) as f:
+            compile(f.read(), path, "exec")
+    except SyntaxError as e:
+        return f"--config={value}: syntax error in {path}, line {e.lineno}: {e.msg}"
+    except (OSError, ValueError) as e:
+        return f"--config={value}: cannot read {path} ({e})"
+    return None
+
+
+def unknown_field_error(argv: list[str]) -> Optional[str]:
+    """One line naming the first `--config.<field>` override that is no field of the config,
+    with the close matches (difflib); None if every override names a field."""
+    value = _config_value(argv)
+    if value is None:
+        return None
+    path, _, arg = value.partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("_config_file", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(*([arg] if arg else []))
+    except Exception:  # noqa: BLE001 - the file's own error is reported by the caller
+        return None
+    names = list(checkpoint.flatten(config.to_dict()))
+    sections = {n.rsplit(".", 1)[0] for n in names if "." in n}
+    for token in argv:
+        if not (m := re.match(r"^--?(?:no)?config\.([^=]+)", token)):
+            continue
+        field = m.group(1)
+        if field in names or field in sections:
+            continue
+        close = difflib.get_close_matches(field, names, n=3, cutoff=0.6)
+        parent = field.rsplit(".", 1)[0] if "." in field else ""
+        siblings = [n for n in names if n.rsplit(".", 1)[0] == parent] if "." in field else \
+            [n for n in names if "." not in n]
+        hint = (f"did you mean {', '.join('--config.' + c for c in close)}?" if close else
+                f"fields of {parent or 'the config'}: {', '.join(sorted(siblings)) or 'none'}")
+        return f"--config.{field}: unknown config field; {hint}"
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """`app.run`'s flags parser: a bad --config file, an unknown `--config.<field>` or a value of
+    the wrong type exits 2 with one line instead of a traceback."""
+    if message := config_file_error(argv):
+        _exit(2, message)
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # ConfigDict's "no such field"
+        _exit(2, unknown_field_error(argv) or str(e).replace("\n", " "))
+    except flags.Error as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        _exit(2, lines[-1] if lines else type(e).__name__)
+    except Exception as e:  # noqa: BLE001 - the config file's get_config raised
+        _exit(2, f"--config={_config_value(argv)}: {type(e).__name__}: {e}".replace("\n", " "))
 
 
 def main(argv):
@@ -53,9 +134,9 @@ def main(argv):
         _exit(2, str(e).replace("\n", " "))
     except FloatingPointError as e:
         _exit(3, str(e))
-    except checkpoint.CheckpointError as e:
+    except (checkpoint.CheckpointError, files.WriteError) as e:
         _exit(4, str(e))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -9,7 +9,9 @@ result.json (task, model, final eval and first solved step of each seed, the who
 train.py writes, like config.json, as indented JSON with `files.atomic_write` (fsynced, then
 renamed over the old file, so a reader or a crash sees the old file or the whole new one, never
 part of one); metrics.jsonl is rewritten that way when a run (re)starts, keeping only the rows
-up to the restored step, then appended to a flushed row at a time. `Clock` measures the timing
+up to the restored step (a partly written last row is dropped with a warning; any other bad row
+is an error naming the file and line), then appended to a flushed row at a time. A failed write
+is a `files.WriteError` naming the file. `Clock` measures the timing
 fields (`wall_time_s` across resumes, `steps_per_sec` without compilation, evals and saves).
 
 A leaf: imports nothing from experiments but `files`.
@@ -34,12 +36,30 @@ from experiments import files
 EVAL = "eval"  # the split of the evaluation at the training length
 
 
-def _read_rows(path: str) -> list[dict]:
-    """The rows of a JSON-lines file ([] if it does not exist), blank lines skipped."""
+def read_rows(path: str) -> list[dict]:
+    """The rows of a JSON-lines file ([] if it does not exist), blank lines skipped.
+
+    An unparsable LAST line is what an interrupted write leaves (a full disk, a file size
+    limit): it is dropped with a warning (the resumed run writes that row again). Any other bad
+    line raises ValueError naming the file, the line and what to do.
+    """
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    rows = []
+    for i, (n, line) in enumerate(numbered):
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            if i == len(numbered) - 1:
+                logging.warning("%s, line %d: dropping a partly written last row (%s).", path, n,
+                                e)
+                break
+            raise ValueError(f"{path}, line {n}: not a JSON row ({e}); delete that line (the "
+                             f"rows after it stay usable) or rerun with --fresh_start") from None
+    return rows
 
 
 def _to_json(value: Any) -> Any:
@@ -56,16 +76,19 @@ class MetricsLog:
 
     def __init__(self, workdir: str, start_step: int, seeds: list[int], write_files: bool = True):
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self.rows = [r for r in _read_rows(self.path) if r["step"] <= start_step]
+        self.rows = [r for r in read_rows(self.path) if r["step"] <= start_step]
         self.file = self.tb = None
         if not write_files:
             return
         files.atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
-        self.file = open(self.path, "a")
+        self.tb_dir = os.path.join(workdir, "tb")
+        with files.writing(self.path):
+            self.file = open(self.path, "a")
         self.seeds = seeds
         # purge_step drops TensorBoard events past the restored step, as for the jsonl rows.
-        self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"),
-                                             purge_step=start_step + 1 if start_step else None)
+        with files.writing(self.tb_dir):
+            self.tb = tensorboardX.SummaryWriter(self.tb_dir, purge_step=start_step + 1
+                                                 if start_step else None)
 
     def write(self, step: int, split: str, metrics: dict[str, np.ndarray], **extra: Any) -> dict:
         """Writes one row: means over seeds at the top level, every seed under "per_seed".
@@ -89,19 +112,31 @@ class MetricsLog:
         self.rows.append(row)
         if self.file is None:
             return row
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        for name, values in metrics.items():
-            self.tb.add_scalar(f"{split}/{name}", float(np.mean(values)), step)
-            if len(self.seeds) > 1:
-                for seed, v in zip(self.seeds, np.asarray(values, np.float64)):
-                    self.tb.add_scalar(f"{split}/{name}/seed_{seed}", float(v), step)
+        with files.writing(self.path):
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        with files.writing(self.tb_dir):
+            for name, values in metrics.items():
+                self.tb.add_scalar(f"{split}/{name}", float(np.mean(values)), step)
+                if len(self.seeds) > 1:
+                    for seed, v in zip(self.seeds, np.asarray(values, np.float64)):
+                        self.tb.add_scalar(f"{split}/{name}/seed_{seed}", float(v), step)
         return row
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.tb.close()
+        """Closes both files; raises a WriteError only after trying both (the first one)."""
+        errors = []
+        for path, f in ((self.path, self.file), (getattr(self, "tb_dir", ""), self.tb)):
+            if f is None:
+                continue
+            try:
+                with files.writing(path):
+                    f.close()
+            except files.WriteError as e:
+                errors.append(e)
+        self.file = self.tb = None
+        if errors:
+            raise errors[0]
 
 
 def result(config: dict[str, Any], task: Any, rows: list[dict], seeds: list[int]) -> dict:

@@ -12,12 +12,13 @@
     --config.model.cell: unknown value 'lstn'; valid: 'gru', 'lstm', 'rnn'
 
 `experiments/main.py` exits 2 with that line (nothing written). Checks: sizes, lengths, counts
-and step intervals >= 1 (seed >= 0); unknown task, task option, cell, GRU variant, initializer,
-optimizer and schedule names (listing the valid ones); learning rate, eps > 0, clip >= 0,
-rmsprop decay in [0, 1); contradictory options (an initializer that does nothing for the cell,
-checkpoints between log steps, warmup >= steps). Whether the batch (or num_seeds) divides the
-devices of the mesh is checked by `parallel.make_layout` (`build(config, with_layout=True)`),
-also before anything is compiled or written.
+and step intervals >= 1 (seed in [0, 2**32 - num_seeds]: seeds are uint32 keys); unknown task,
+task option, cell, GRU variant, initializer, optimizer and schedule names (listing the valid
+ones); learning rate, eps > 0, clip >= 0, rmsprop decay in [0, 1); contradictory options (an
+initializer that does nothing for the cell, checkpoints between log steps, warmup >= steps).
+Whether the batch (or num_seeds) divides the devices of the mesh is checked by
+`parallel.make_layout` (`build(config, with_layout=True)`), also before anything is compiled
+or written.
 
 Hashable by value: a Setup is the static argument of the jitted steps (experiments/train.py).
 Every field is a NamedTuple or frozen dataclass of plain values, except the tasks, which are
@@ -193,6 +194,8 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
     for field, minimum in [(f, 1) for f in POSITIVE_INTS] + [("seed", 0),
                                                              ("train.warmup_steps", 0)]:
         checks.integer(f"--config.{field}", _get(config, field), minimum)
+    # Seeds are uint32 keys: seed + num_seeds - 1 must fit.
+    checks.integer("--config.seed", config.seed, 0, 2**32 - config.num_seeds)
     for field in BOOLS:
         value = _get(config, field, False)
         if not isinstance(value, (bool, np.bool_)):

@@ -14,7 +14,13 @@ seeds train together (vmapped) in that one run.
 - Finished points (`result.json` present) are skipped; interrupted ones resume from their last
   checkpoint (the trainer does that by itself). Each workdir keeps the config it was started
   with (`sweep_point.json`): running a point again with a different value in any field is an
-  error, so a table never mixes settings silently. Use a new root to change a grid.
+  error, so a table never mixes settings silently. Use a new root to change a grid. Every
+  point's config is validated before any is recorded, so a bad `--set` leaves nothing behind.
+- A point is trained under its workdir's lock (`checkpoint.lock_workdir`): a point another
+  process is training is skipped, so two processes (or shards) can share a root.
+- Errors are one line and exit 2 (a bad flag or `--set`, a changed setting, a damaged
+  `sweep_point.json`); SIGTERM / SIGINT save the current point's step and exit 128 + N with a
+  line saying to rerun the same command to resume.
 - Shards: point i of the grid belongs to shard `i % num_shards`. `--shard_index/--num_shards`
   default to SLURM_ARRAY_TASK_ID (minus SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_COUNT, so a
   SLURM array runs a grid with `sbatch --array=0-3 ... --grid=papers --root=R`; then
@@ -29,10 +35,14 @@ seeds train together (vmapped) in that one run.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import importlib
 import json
 import os
+import signal
+import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable, NamedTuple, Sequence
@@ -42,6 +52,7 @@ import ml_collections
 from absl import app, flags
 
 from experiments import checkpoint, checks, files, parallel, probe, report, tasks, train
+from experiments import setup as setup_lib
 from experiments.configs import sweeps
 from gated_rnn import gru, layers
 
@@ -231,7 +242,12 @@ def _check_same_config(workdir: str, point: Point, config: ml_collections.Config
                                             indent=1, sort_keys=True))
         return False
     with open(path) as f:
-        stored = json.load(f)["config"]
+        try:
+            stored = json.load(f)["config"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is damaged ({type(e).__name__}: {e}); it records the "
+                             f"point's config: delete it to record the current one (the point "
+                             f"resumes if its checkpoints match), or use a new --root") from None
     diff = checkpoint.differing_keys(stored, wanted, shared_only=True)
     if diff:
         raise ValueError(f"{workdir}: this point was started with another config (differs in "
@@ -252,10 +268,12 @@ def run_point(point: Point, config: ml_collections.ConfigDict, workdir: str, *,
               tag: str | None = None) -> str:
     """Trains one point in `workdir` unless it is finished; the unit `run_points` repeats.
 
-    Records the config on the first run and refuses (ValueError) another config on a later one
-    (`sweep_point.json`); skips a finished workdir (`result.json` present); otherwise trains,
-    resuming from the last checkpoint. A point that raises is reported, not raised: it has no
-    `result.json`, so the next call retries it.
+    Validates the config (ValueError, nothing recorded), then takes the workdir's lock (a point
+    another process holds is skipped); records the config on the first run and refuses
+    (ValueError) another config on a later one (`sweep_point.json`); skips a finished workdir
+    (`result.json` present); otherwise trains, resuming from the last checkpoint. A point whose
+    training raises is reported, not raised: it has no `result.json`, so the next call retries
+    it. A signal's `checkpoint.Stopped` is raised.
 
     Args:
       point: the grid point (recorded with the config).
@@ -265,10 +283,21 @@ def run_point(point: Point, config: ml_collections.ConfigDict, workdir: str, *,
       tag: the prefix of the progress lines (default: the point's name).
 
     Returns:
-      "ran", "skipped" (finished before) or "failed".
+      "ran", "skipped" (finished before, or held by another process) or "failed".
     """
     train_fn = train_fn or train.train_and_evaluate
     tag = tag or point.name
+    setup_lib.validate(config)  # before anything is recorded
+    try:
+        with checkpoint.lock_workdir(workdir):
+            return _run_locked(point, config, workdir, train_fn, tag)
+    except checkpoint.WorkdirBusy as e:
+        print(f"{tag}: skipped: {e}", flush=True)
+        return "skipped"
+
+
+def _run_locked(point: Point, config: ml_collections.ConfigDict, workdir: str,
+                train_fn: Callable[[ml_collections.ConfigDict, str], Any], tag: str) -> str:
     resumed = _check_same_config(workdir, point, config)
     if os.path.exists(os.path.join(workdir, report.RESULT_FILE)):
         print(f"{tag}: finished before, skipped", flush=True)
@@ -376,9 +405,54 @@ def finish(root: str, probe_at: Sequence[str] = ()) -> None:
             print(f"{name:>20}: {path}")
 
 
+class _Signalled(BaseException):
+    """SIGTERM / SIGINT while no training step was in progress (a BaseException, so that
+    `run_point` does not report it as a failed point and go on)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signalled(signum, frame):
+    raise _Signalled(signum)
+
+
+@contextlib.contextmanager
+def one_line_errors():
+    """For the command lines: a ValueError or WorkdirError is one line on stderr and exit 2; a
+    signal is one line saying to rerun the same command to resume, and exit 128 + N (during
+    training the trainer saves the current step first: `checkpoint.Stopped`)."""
+    signals = (signal.SIGTERM, signal.SIGINT)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, _raise_signalled) for s in signals} if main_thread else {}
+    try:
+        yield
+    except checkpoint.Stopped as e:
+        _exit(e.code, str(e))
+    except _Signalled as e:
+        _exit(128 + e.signum, f"stopped by {signal.Signals(e.signum).name} between training "
+                              f"steps (nothing to save); rerun the same command to resume")
+    except (ValueError, checkpoint.WorkdirError) as e:
+        _exit(2, str(e).replace("\n", " "))
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _exit(code: int, message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    with one_line_errors():
+        _main()
+
+
+def _main() -> None:
     f = flags.FLAGS
     parallel.quiet_library_logs()
     probe_at = f.probe or sweeps.GRIDS.get(f.grid, {}).get("probe", ())
@@ -401,6 +475,8 @@ def main(argv: Sequence[str]) -> None:
         for p in mine:
             print(f"  {p.name}")
         return
+    for p in mine:  # every point's config, before any is recorded
+        setup_lib.validate(make_config(grid, p))
     if mine:  # one CPU device per core, for every point this process trains
         parallel.set_cpu_devices(*(make_config(grid, p) for p in mine))
     start = time.time()

@@ -23,6 +23,12 @@ model as a run with `seed = s + i, num_seeds = 1`.
 Data: the batch of step n (n = 0, 1, ...) is `task.sample(fold_in(data_key, n), batch_size)`,
 drawn on the device; eval batches come from the eval key and are the same at every evaluation.
 
+Before the loop, with nothing compiled or written yet: the config is validated, the run's
+memory estimated from the state's shapes (`resources.check_memory`) and the disk checked; then
+the workdir is locked for the whole run (`checkpoint.lock_workdir`: a second process there is
+refused). A failed write is a CheckpointError or `files.WriteError`; closing the writers after
+an error never masks it.
+
 The loop's phases, one small function each: resume (`_prepare_workdir`, `_resume`), step
 (`_step`), log (`_log_train`), evaluate (`_evaluate`), checkpoint (`_checkpoint`, and
 `_stop_on_signal` for SIGTERM / SIGINT), finish (`_finish`).
@@ -36,10 +42,12 @@ same workdir resumes from the latest checkpoint and ends bitwise equal to an uni
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import shutil
 from typing import Any, NamedTuple
 
 import jax
@@ -55,6 +63,7 @@ from experiments import files
 from experiments import model as model_lib
 from experiments import outputs
 from experiments import parallel
+from experiments import resources
 from experiments import setup as setup_lib
 from experiments import tasks
 
@@ -243,10 +252,16 @@ def _mean_and_check(pending: list[dict], step: int, seeds: list[int],
     else:
         bad = ~(np.isfinite(mean["loss"]) & np.isfinite(mean["grad_norm"]))
     if bad.any():
+        last = manager.latest_step()
+        saved = (f"last checkpoint: step {last} (nothing non-finite was saved)" if last is not None
+                 else "no checkpoint was saved yet")
         raise FloatingPointError(
             f"non-finite loss or gradient by step {step} for seed(s) "
-            f"{[s for s, b in zip(seeds, bad) if b]}; last checkpoint: step "
-            f"{manager.latest_step()} (nothing non-finite was saved)")
+            f"{[s for s, b in zip(seeds, bad) if b]}; {saved}. To go on: rerun with "
+            f"--config.train.skip_nonfinite=True (skips and counts such updates) or a lower "
+            f"--config.train.learning_rate, plus --fresh_start (a changed config starts over "
+            f"at step 0; this run moves to previous_<k>/); rerunning the same command resumes "
+            f"from {'step ' + str(last) if last is not None else 'step 0'} and stops here again")
     return mean
 
 
@@ -267,7 +282,9 @@ class _Loop:
 
 
 def _prepare_workdir(workdir: str, config_json: str, fresh_start: bool) -> None:
-    """Resume, part 1: refuse an unusable workdir or another config's checkpoints; config.json."""
+    """Resume, part 1: refuse an unusable workdir or another config's checkpoints; config.json.
+
+    Runs under the workdir's lock; the checks that need no workdir ran before it was taken."""
     checkpoint.check_writable(workdir)  # a clear error before anything is compiled
     if parallel.is_main():  # one process moves and writes the run's files; the others wait
         if fresh_start:
@@ -285,17 +302,33 @@ def _resume(setup: setup_lib.Setup, workdir: str) -> tuple[TrainState, _Loop]:
     manager = checkpoint.manager(workdir, run.max_checkpoints)
     state = parallel.to_global(setup.layout,
                                create_train_state(setup, run.seed, run.num_seeds))
-    checkpoint.check_free_space(workdir, state, run.max_checkpoints)
     start = 0
-    restored = checkpoint.restore_latest(manager, state)[0]  # skips damaged steps
+    restored, skipped = checkpoint.restore_latest(manager, state)  # skips damaged steps
     if restored is not None:
         state, start = restored, int(parallel.fetch(restored.step)[0])
         logging.info("Resuming %s from step %d.", workdir, start)
+    if skipped and parallel.is_main():
+        _keep_discarded_rows(workdir, start)
     log = outputs.MetricsLog(workdir, start, run.seeds, write_files=parallel.is_main())
     clock = outputs.Clock(start, log.rows[-1]["wall_time_s"] if log.rows else 0.0)
     # Step metrics not yet logged when a signal stopped the run between log steps.
     pending = checkpoint.load_pending(workdir, start) if start else []
     return state, _Loop(setup, workdir, manager, log, clock, start, pending)
+
+
+def _keep_discarded_rows(workdir: str, start: int) -> None:
+    """After a fallback past damaged checkpoints, keeps a copy of metrics.jsonl in
+    damaged_checkpoints/ before the log drops its rows past `start` (nothing is deleted)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    k = 0
+    while os.path.exists(dst := os.path.join(workdir, checkpoint.DAMAGED_DIR,
+                                             f"metrics_{k}.jsonl")):
+        k += 1
+    shutil.copyfile(path, dst)
+    logging.warning("Resuming from step %d: metrics.jsonl's rows past it are kept in %s.", start,
+                    dst)
 
 
 def _step(loop: _Loop, state: TrainState, step: int) -> TrainState:
@@ -414,18 +447,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     """
     # The devices too: a ValueError (e.g. a batch they do not divide) before anything is written.
     setup = setup_lib.build(config, with_layout=True)
+    # Memory and disk, from the state's shapes: refused before anything is compiled or written.
+    shapes = resources.state_shapes(_init_one, setup)
+    resources.check_memory(setup, shapes)
+    checkpoint.check_free_space(workdir, shapes, setup.run.max_checkpoints)
     logging.info("Config:\n%s", config)
     logging.info("Devices: %d %s, split over %s.", setup.layout.num_devices,
                  jax.default_backend(), setup.layout.partition.value)
-    _prepare_workdir(workdir, config.to_json_best_effort(indent=2), setup.run.fresh_start)
-    state, loop = _resume(setup, workdir)
-    stop = checkpoint.StopSignals().install()  # SIGTERM / SIGINT: save this step, then exit
-    try:
-        state, end = _train(loop, state, stop)
-        _finish(loop, state, end, config.to_dict())
-    finally:
-        stop.uninstall()
-        loop.manager.wait_until_finished()
-        loop.manager.close()
-        loop.log.close()
+    # One process per workdir: the lock is taken before anything in it is read or written.
+    with checkpoint.lock_workdir(workdir) if parallel.is_main() else contextlib.nullcontext():
+        _prepare_workdir(workdir, config.to_json_best_effort(indent=2), setup.run.fresh_start)
+        state, loop = _resume(setup, workdir)
+        stop = checkpoint.StopSignals().install()  # SIGTERM / SIGINT: save this step, then exit
+        ok = False
+        try:
+            state, end = _train(loop, state, stop)
+            _finish(loop, state, end, config.to_dict())
+            ok = True
+        finally:
+            stop.uninstall()
+            _close(loop, raise_errors=ok)
     return state
+
+
+def _close(loop: _Loop, raise_errors: bool) -> None:
+    """Waits for the saves and closes the checkpoint manager and the logs, trying each. After an
+    error (`raise_errors=False`) their own errors are only logged, so the first one survives
+    (e.g. a full disk's failed save, not the log's failed close that follows it)."""
+    first = None
+    for what, close in (("waiting for checkpoint saves",
+                         lambda: checkpoint.wait_for_saves(loop.manager)),
+                        ("closing the checkpoint manager", loop.manager.close),
+                        ("closing the logs", loop.log.close)):
+        try:
+            close()
+        except Exception as e:  # noqa: BLE001
+            if raise_errors and first is None:
+                first = e
+            else:
+                logging.warning("%s failed too: %s: %s", what, type(e).__name__, e)
+    if first is not None:
+        raise first

@@ -1,5 +1,6 @@
 """Pins the trainer's reliability against uninterrupted runs: SIGKILL at random points (3 kills,
-in subprocesses, via scripts/fault_injection.py), SIGTERM / SIGINT save the current step and the
+in subprocesses, via scripts/fault_injection.py; its concurrent-workdir and damaged-newest cases
+are marked slow), SIGTERM / SIGINT save the current step and the
 rerun ends bitwise equal, non-finite loss stops naming the step and the last good checkpoint,
 `train.skip_nonfinite` skips and counts exactly the non-finite updates, two runs of one config
 are bitwise equal, nothing loads pickles, and `layers.apply` equals a Python-loop reference
@@ -56,6 +57,15 @@ def test_fault_injection_three_kills(reference, tmp_path):
     print(done)
     assert done["problems"] == [] and done["kills"] == 3
     assert done["restarts"] == 4
+
+
+@pytest.mark.slow
+def test_fault_injection_concurrent_and_damaged_newest(reference, tmp_path):
+    """The script's other cases (~2 min on 2 shared cores: subprocess runs): a second command
+    on a busy workdir is refused naming the first's pid, and a finished run whose newest step
+    lost every file reruns bitwise equal (in-process counterparts: tests/test_checkpoint.py)."""
+    assert fault_injection.concurrent(str(tmp_path), reference[0], STEPS) == []
+    assert fault_injection.damaged_newest(str(tmp_path), reference[0], STEPS) == []
 
 
 def test_same_config_same_bits(reference, tmp_path):
@@ -125,7 +135,11 @@ def test_nan_stops_naming_step_and_last_checkpoint(tmp_path, monkeypatch):
     train.train_step.clear_cache()
     try:
         with pytest.raises(FloatingPointError, match=r"by step 25 for seed\(s\) \[0\]; last "
-                                                     r"checkpoint: step 20 \(nothing non-finite"):
+                                                     r"checkpoint: step 20 \(nothing non-finite"
+                                                     r".*\. To go on: rerun with --config\.train\."
+                                                     r"skip_nonfinite=True .* or a lower --config"
+                                                     r"\.train\.learning_rate, plus --fresh_start"
+                                                     r".* resumes from step 20 and stops here"):
             train.train_and_evaluate(helpers.smoke_config(**FAULT_INJECTION), workdir)
     finally:
         train.train_step.clear_cache()

@@ -1,15 +1,19 @@
 """Pins the sweep machinery: grids -> points -> configs, skipping finished points, resuming
 interrupted ones, refusing a changed config, and sharded runs aggregating to the same report as
-one run. Training is a fake (a deterministic function of the config that writes the trainer's
-files); one real smoke-size point runs end to end in tests/test_probe.py.
+one run; issue 14: a point another process holds is skipped, an invalid `--set` records nothing,
+a damaged sweep_point.json is named, and refusals and signals are one line. Training is a fake
+(a deterministic function of the config that writes the trainer's files); one real smoke-size
+point runs end to end in tests/test_probe.py.
 """
 
 import json
 import os
+import signal
 
 import pytest
 
-from experiments import report, sweep
+from experiments import checkpoint, report, sweep
+from tests.test_checkpoint import hold_lock
 
 # The fake's "true" horizons: a point is solved by seed i when T <= horizon + 10 * (i % 2).
 _HORIZON = {"rnn": 10, "lstm": 40, "gru": 20}
@@ -197,3 +201,79 @@ def test_finish_writes_the_report_and_checks_probe_points(tmp_path, capsys):
     assert "horizon.png" in out and "probe skipped" in out and "seq_len=99" in out
     with pytest.raises(ValueError, match="--probe.*TASK:T"):
         sweep.finish(str(tmp_path), ["copy"])
+
+
+def test_a_point_another_process_holds_is_skipped(tmp_path):
+    """Issue 14: two sweeps on one root both trained every point."""
+    grid = _grid(seq_lens=[10])
+    points = sweep.grid_points(grid)
+    held = os.path.join(tmp_path, points[1].name)
+    holder = hold_lock(held)
+    try:
+        calls = []
+        outcome = sweep.run_points(grid, points, str(tmp_path), train_fn=fake_train(calls))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert held not in calls and len(calls) == 2
+    assert outcome.skipped == [points[1].name] and len(outcome.ran) == 2
+    assert os.listdir(held) == [checkpoint.LOCK_FILE]  # nothing recorded there
+    outcome = sweep.run_points(grid, points, str(tmp_path), train_fn=fake_train(calls))
+    assert outcome.ran == [points[1].name]
+
+
+def test_an_invalid_set_records_nothing(tmp_path):
+    """Issue 14: the bad value was recorded first, so the corrected command was refused."""
+    bad = _grid(seq_lens=[10], cells=["lstm"], overrides=["train.learning_rate=-1.0"])
+    with pytest.raises(ValueError, match=r"^--config\.train\.learning_rate: expected > 0"):
+        sweep.run_points(bad, sweep.grid_points(bad), str(tmp_path), train_fn=fake_train([]))
+    assert not any(name == sweep.POINT_FILE for _, _, names in os.walk(tmp_path)
+                   for name in names)
+    good = _grid(seq_lens=[10], cells=["lstm"], overrides=["train.learning_rate=0.01"])
+    outcome = sweep.run_points(good, sweep.grid_points(good), str(tmp_path),
+                               train_fn=fake_train([]))
+    assert outcome.ran == ["copy/lstm-default/T10"]
+
+
+def test_a_damaged_point_record_is_named(tmp_path):
+    grid = _grid(seq_lens=[10], cells=["lstm"])
+    sweep.run_points(grid, sweep.grid_points(grid), str(tmp_path), train_fn=fake_train([]))
+    path = os.path.join(tmp_path, "copy", "lstm-default", "T10", sweep.POINT_FILE)
+    with open(path, "r+") as f:
+        f.truncate(20)
+    with pytest.raises(ValueError, match=rf"^{path} is damaged .*delete it"):
+        sweep.run_points(grid, sweep.grid_points(grid), str(tmp_path), train_fn=fake_train([]))
+
+
+@pytest.mark.parametrize("error, code, line", [
+    (checkpoint.Stopped(signal.SIGTERM, 7, "R/copy/lstm-default/T10"), 143,
+     "error: stopped by SIGTERM at step 7: checkpoint saved in R/copy/lstm-default/T10; rerun "
+     "the same command to resume"),
+    (ValueError("R/x: this point was started with another config (differs in ['a'])\nmore"), 2,
+     "error: R/x: this point was started with another config (differs in ['a']) more")])
+def test_command_line_errors_are_one_line(capsys, error, code, line):
+    with pytest.raises(SystemExit) as info:
+        with sweep.one_line_errors():
+            raise error
+    assert info.value.code == code
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_a_signal_outside_training_is_one_line_and_not_a_failed_point(tmp_path, capsys):
+    """SIGTERM before a point's trainer installed its handlers (e.g. while it starts up)."""
+    grid = _grid(seq_lens=[10])
+    calls = []
+
+    def terminated(config, workdir):
+        calls.append(workdir)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        with sweep.one_line_errors():
+            sweep.run_points(grid, sweep.grid_points(grid), str(tmp_path), train_fn=terminated)
+    assert info.value.code == 143 and len(calls) == 1  # the sweep stopped at once
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: stopped by SIGTERM between training steps (nothing to save); rerun the same "
+        "command to resume")
+    assert signal.getsignal(signal.SIGTERM) == before

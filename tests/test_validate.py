@@ -1,6 +1,7 @@
 """Pins experiments/setup.py's validation (`setup.validate`): each bad config value gets one line
 naming the flag, the value and what is allowed; the shipped configs pass; `python -m
-experiments.main` exits non-zero with that line and writes nothing."""
+experiments.main` exits non-zero with that line and writes nothing; a missing or broken
+--config file and an unknown `--config.<field>` (with its close matches) are one line, exit 2."""
 
 import os
 import subprocess
@@ -8,8 +9,10 @@ import sys
 
 import jax
 import pytest
+from absl.testing import flagsaver
 from unittest import mock
 
+from experiments import main as main_lib
 from experiments import parallel
 from experiments import setup as setup_lib
 from experiments.configs import adding as adding_config
@@ -23,6 +26,8 @@ BAD = [
     ("copy", {"seq_len": 0}, r"^--config\.seq_len: expected an integer >= 1, got 0$"),
     ("copy", {"num_seeds": 0}, r"^--config\.num_seeds: expected an integer >= 1, got 0$"),
     ("copy", {"seed": -1}, r"^--config\.seed: expected an integer >= 0, got -1$"),
+    ("copy", {"seed": 2**32}, r"^--config\.seed: expected an integer in \[0, 4294967295\], got "
+                              r"4294967296$"),
     ("copy", {"model.hidden_size": -4}, r"^--config\.model\.hidden_size: .*>= 1, got -4$"),
     ("copy", {"model.num_layers": 0}, r"^--config\.model\.num_layers: .*>= 1, got 0$"),
     ("copy", {"train.steps": 0}, r"^--config\.train\.steps: .*>= 1, got 0$"),
@@ -109,3 +114,33 @@ def test_main_exits_with_one_line_and_writes_nothing(tmp_path):
     assert lines == ["error: --config.train.learning_rate: expected > 0, got -0.5"], proc.stderr
     assert not workdir.exists()
     assert os.listdir(tmp_path) == []
+
+
+SMOKE = "--config=experiments/configs/copy.py:smoke"
+
+
+@pytest.mark.parametrize("args, line", [
+    ([SMOKE, "--config.train.stepz=5"],
+     "error: --config.train.stepz: unknown config field; did you mean --config.train.steps, "
+     "--config.train.eps, --config.train.warmup_steps?"),
+    ([SMOKE, "--config.task.form=x"],
+     "error: --config.task.form: unknown config field; did you mean --config.task.name?"),
+    (["--config=experiments/configs/nope.py"],
+     "error: --config=experiments/configs/nope.py: no such file 'experiments/configs/nope.py'"),
+    (["--config=BROKEN"], "error: --config=BROKEN: syntax error in BROKEN, line 2: invalid "
+                          "syntax"),
+    ([SMOKE, "--config.seed=abc"],
+     "error: flag --config.seed=abc: invalid literal for int() with base 10: 'abc'")])
+def test_command_line_errors_are_one_line(tmp_path, monkeypatch, capsys, args, line):
+    """Issue 14: these were 40-55 line tracebacks, exit 1."""
+    broken = tmp_path / "broken.py"
+    broken.write_text("import ml_collections\ndef get_config(:\n")
+    argv = ["main"] + [a.replace("BROKEN", str(broken)) for a in args] + [
+        f"--workdir={tmp_path / 'run'}"]
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
+    with flagsaver.flagsaver(), pytest.raises(SystemExit) as info:
+        main_lib.parse_flags(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [line.replace("BROKEN", str(broken))]
+    assert os.listdir(tmp_path) == ["broken.py"]
