@@ -38,7 +38,9 @@ def build(task: tasks.Task, *, cell: Any, gru_variant: Any, hidden_size: int, nu
     spec = layers.Spec(cell=cell, input_size=task.input_size, hidden_size=hidden_size,
                        num_layers=num_layers, gru_variant=gru_variant, init=init,
                        forget_bias=forget_bias,
-                       chrono_max_len=task.length if chrono_max_len is None else chrono_max_len)
+                       chrono_max_len=None if str(getattr(init, "value", init)).lower()
+                       != layers.Init.CHRONO.value else
+                       task.length if chrono_max_len is None else chrono_max_len)
     return Model(spec=spec, plan=layers.Plan(unroll=unroll), output_size=task.output_size,
                  readout=tasks.Readout(task.readout))
 
