@@ -223,12 +223,14 @@ def init_kwargs(spec: Spec) -> dict:
     return kwargs
 
 
-def init_cell(key: jax.Array, spec: Spec, layer: int) -> Any:
-    """Params of one direction of layer `layer`."""
+def init_cell(key: jax.Array, spec: Spec, layer: int, **initializer_overrides) -> Any:
+    """Params of one direction of layer `layer`; `initializer_overrides` (keywords of the cell's
+    `init_params`, e.g. kernel_init) replace the scheme's."""
     cell = spec.cell_fns
     extra = {"proj_size": spec.proj_size} if cell.SUPPORTS_PROJ else {}
     return cell.init_params(key, spec.layer_input_size(layer), spec.hidden_size,
-                            dtype=spec.dtype, **extra, **init_kwargs(spec))
+                            dtype=spec.dtype, **extra,
+                            **{**init_kwargs(spec), **initializer_overrides})
 
 
 def init(key: jax.Array, spec: Spec) -> tuple:

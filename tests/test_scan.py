@@ -339,7 +339,7 @@ def test_a_carry_of_another_dtype_than_the_params_is_refused(key, carry_dtype, p
 
 
 def test_another_cells_params_are_refused_naming_both(key):
-    with pytest.raises(ValueError, match=r"params of type gated_rnn\.lstm\.Params do not belong "
-                                         r"to the cell gated_rnn\.gru\.cell\('reset_after'\), which takes "
-                                         r"gated_rnn\.gru\.Params"):
+    with pytest.raises(ValueError, match=r"params of type gated_rnn\.lstm\.Params do not "
+                                         r"belong to the cell gated_rnn\.gru\.cell\("
+                                         r"'reset_after'\), which takes gated_rnn\.gru\.Params"):
         scan.run(gru.cell(), lstm.init_params(key, I, H), jnp.ones((2, 3, I)))
