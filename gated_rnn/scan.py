@@ -81,18 +81,22 @@ def check_options(*, unroll: Any, remat: Any, chunk_size: Any, matmul_dtype: Any
 
 
 def _forward_mode(tree: Any) -> bool:
-    """Whether a leaf of `tree` carries a forward-mode tangent (`jax.jvp`, `jacfwd`, `hessian`).
+    """Whether the innermost autodiff of a leaf of `tree` is forward mode (`jax.jvp`, `jacfwd`).
 
     The FUSED path has a custom VJP, which JAX cannot differentiate in forward mode, so AUTO
-    takes SCAN then. Reverse mode (`grad`, `vjp`) traces with linearize tracers and is not
-    matched. Tracers are walked through their primal/val to see a jvp under a vmap.
+    takes SCAN then. Reverse mode (`grad`, `vjp`: linearize tracers, or a JVP tracer with a
+    staged tangent) is what the custom VJP serves, also under an outer jvp (`hessian` =
+    jacfwd(jacrev)), so the walk stops at the first autodiff tracer; other tracers (vmap's) are
+    walked through to see a jvp under a vmap.
     """
     from jax.interpreters import ad, partial_eval as pe
     for leaf in jax.tree_util.tree_leaves(tree):
         while isinstance(leaf, jax.core.Tracer):
-            if isinstance(leaf, ad.JVPTracer) and not isinstance(leaf.tangent, pe.JaxprTracer):
-                return True
-            leaf = getattr(leaf, "primal", getattr(leaf, "val", None))
+            if isinstance(leaf, ad.JVPTracer):
+                if not isinstance(leaf.tangent, pe.JaxprTracer):
+                    return True
+                break
+            leaf = getattr(leaf, "val", None)  # vmap's tracer holds the inner one; others end
     return False
 
 
@@ -164,8 +168,9 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
         fully). The options unroll, remat, chunk_size, matmul_dtype follow one rule,
         `check_options`, shared with `layers.Plan`.
       impl: `Impl` or its name; AUTO takes FUSED where the cell supports it, and SCAN under
-        forward-mode autodiff (`jax.jvp`, `jacfwd`, `hessian`: FUSED has a custom VJP, which JAX
-        cannot differentiate forwards; an explicit impl='fused' then raises). A jvp of an
+        forward-mode autodiff (`jax.jvp`, `jacfwd`: FUSED has a custom VJP, which JAX cannot
+        differentiate forwards; an explicit impl='fused' then raises; `hessian`, a jvp of a
+        vjp, works on FUSED). A jvp of an
         already-jitted function is invisible here: pass impl='scan' for it. CUDNN (LSTM on a
         GPU, opt-in, untested on a GPU so far) takes none of the options below.
       remat: rematerialize in the backward pass: keep the carry only every `chunk_size` steps
@@ -199,7 +204,7 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
         impl = Impl.SCAN  # the fused path has a custom VJP only, which JAX cannot jvp
     impl = resolve_impl(cell, impl)
     if forward_mode and impl is not Impl.SCAN:
-        raise ValueError(f"forward-mode autodiff (jax.jvp, jacfwd, hessian) needs impl='scan' "
+        raise ValueError(f"forward-mode autodiff (jax.jvp, jacfwd) needs impl='scan' "
                          f"(layers.Plan(impl='scan')); impl={impl.value!r} has a custom VJP only")
     if impl is Impl.CUDNN:
         cudnn.check(cell, params)

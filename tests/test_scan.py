@@ -310,7 +310,7 @@ def test_forward_mode_jvp_jacfwd_and_hessian_work_on_the_default_path(key):
         xs = jax.random.normal(jax.random.fold_in(key, 1), (1, 3, I), jnp.float64)
         d = jax.random.normal(jax.random.fold_in(key, 2), xs.shape, jnp.float64)
         # Not jax.jvp(jax.jit(f)): a jvp of an already-jitted function is invisible to
-        # scan.run (README "Forward-mode autodiff"); jit(jvp(f)) is seen.
+        # scan.run (README, "A whole sequence"); jit(jvp(f)) is seen.
         f = lambda xs: jnp.sum(scan.run(cell, params, xs)[1] ** 2)  # noqa: E731
         grad = jax.jit(jax.grad(lambda xs: jnp.sum(scan.run(cell, params, xs, impl="scan")[1]
                                                    ** 2)))
@@ -323,8 +323,12 @@ def test_forward_mode_jvp_jacfwd_and_hessian_work_on_the_default_path(key):
         np.testing.assert_allclose(hess @ d.ravel(),
                                    ((grad(xs + e * d) - grad(xs - e * d)) / (2 * e)).ravel(),
                                    rtol=1e-6, atol=1e-8)
-    with pytest.raises(ValueError, match="forward-mode autodiff .* needs impl='scan'"):
-        jax.jvp(lambda x: scan.run(cell, params, x, impl="fused")[1], (xs,), (d,))
+        with pytest.raises(ValueError, match="forward-mode autodiff .* needs impl='scan'"):
+            jax.jvp(lambda x: scan.run(cell, params, x, impl="fused")[1], (xs,), (d,))
+        # hessian = jacfwd(jacrev): a jvp of the custom VJP, which the fused path serves.
+        fused = lambda xs: jnp.sum(scan.run(cell, params, xs, impl="fused")[1] ** 2)  # noqa
+        np.testing.assert_allclose(jax.jit(jax.hessian(fused))(xs).reshape(xs.size, xs.size),
+                                   hess, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("carry_dtype, params_dtype", [(jnp.bfloat16, jnp.float32),
