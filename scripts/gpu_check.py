@@ -208,11 +208,13 @@ def table(results: dict) -> str:
                              f"{r['fwd_s'] * 1e3:.2f} | {r['train_s'] * 1e3:.2f} | "
                              f"{r['fwd_ratio']:.2f} | {r['train_ratio']:.2f} |")
         elif part == "training":
-            lines += ["| task | exit | wall s | final eval |", "|---|---|---|---|"]
+            lines += ["| task | steps | exit | wall s | eval loss / baseline |",
+                      "|---|---|---|---|---|"]
             for task, r in value.items():
-                final = (r["result"] or {}).get("final_eval", (r["result"] or {}))
-                lines.append(f"| {task} | {r['exit_code']} | {r['wall_s']:.0f} | "
-                             f"{json.dumps(final)[:200]} |")
+                seeds = (r["result"] or {}).get("seeds", [])
+                final = [round(s.get("normalized_loss", float("nan")), 4) for s in seeds]
+                lines.append(f"| {task} | {r['steps']} | {r['exit_code']} | {r['wall_s']:.0f} | "
+                             f"{final or 'no result.json'} |")
         lines.append("")
     return "\n".join(lines)
 

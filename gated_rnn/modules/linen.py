@@ -1,7 +1,8 @@
 """Flax linen wrappers: cells for `nn.RNN` / `nn.Bidirectional`, and stacks over `layers.apply`.
 
 `RNNCell`, `LSTMCell`, `GRUCell` subclass `nn.RNNCellBase`, so `nn.RNN` and `nn.Bidirectional`
-take them as they take Flax's own cells; a step is the cell's `step`. `RNN`, `LSTM`, `GRU` are
+take them as they take Flax's own cells; a step is the cell's `step`, between Flax's carry and
+keywords and the functional ones (`convert.flax_step`). `RNN`, `LSTM`, `GRU` are
 stacks over `layers.apply` (one projection per layer hoisted out of the loop, outputs zero past
 `seq_lengths`, dropout between layers when `deterministic=False`, drawn from the "dropout" rng).
 
