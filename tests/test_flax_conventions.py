@@ -5,8 +5,8 @@ Each Flax idiom is checked against Flax's own module, not against our code: cons
 array for the GRU and the simple cell), `dtype` / `param_dtype`, initializer callables
 (`carry_init` draws what Flax's cell draws), and checkpoints of Flax's `LSTMCell`,
 `OptimizedLSTMCell`, `GRUCell`, `SimpleCell` (linen trees and NNX states) converted both ways,
-with the same step outputs as Flax's module. Half precision: a bfloat16 Spec and bfloat16 cells
-against float32, with the accuracy stated.
+with the same step outputs as Flax's module; the sst2 example's `nn.scan` over the cell class.
+Half precision: a bfloat16 Spec and bfloat16 cells against float32, with the accuracy stated.
 """
 
 import flax.linen as nn
@@ -215,3 +215,27 @@ def test_bfloat16_spec_tracks_float32():
     want, _ = layers.apply(layers.Spec("lstm", I, H, num_layers=2), full, xs)
     assert ys.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(ys, np.float32), want, atol=2e-2)
+
+
+def test_the_sst2_idiom_nn_scan_over_the_cell_class_gives_flaxs_numbers():
+    # Flax's examples/sst2 scans the cell class by hand (nn.scan, params broadcast over time);
+    # the same module code with our class, on Flax's converted params, gives Flax's outputs.
+    class Encoder(nn.Module):
+        cell_cls: type
+
+        @nn.compact
+        def __call__(self, xs):
+            scanned = nn.scan(self.cell_cls, variable_broadcast="params",
+                              split_rngs={"params": False}, in_axes=1, out_axes=1)
+            carry = self.cell_cls(features=H, parent=None).initialize_carry(
+                jax.random.key(0), xs[:, 0].shape)
+            return scanned(features=H, name="cell")(carry, xs)
+
+    xs = jax.random.normal(jax.random.key(1), (B, 5, I))
+    theirs, ours = Encoder(nn.OptimizedLSTMCell), Encoder(modules.LSTMCell)
+    flax_vars = theirs.init(jax.random.key(0), xs)
+    params = modules.from_flax_cell(flax_vars["params"]["cell"], nn.OptimizedLSTMCell)
+    assert (jax.tree.map(jnp.shape, ours.init(jax.random.key(0), xs)["params"]["cell"])
+            == jax.tree.map(jnp.shape, modules.to_flax(params)))
+    helpers.assert_trees_close(ours.apply({"params": {"cell": modules.to_flax(params)}}, xs),
+                               theirs.apply(flax_vars, xs), rtol=1e-6, atol=1e-6)
