@@ -28,8 +28,12 @@ class Model(NamedTuple):
     readout: tasks.Readout
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # model.dtype: the stack's; the readout stays float32
+
+
 def build(task: tasks.Task, *, cell: Any, gru_variant: Any, hidden_size: int, num_layers: int,
-          init: Any, forget_bias: float, chrono_max_len: int | None, unroll: int) -> Model:
+          init: Any, forget_bias: float, chrono_max_len: int | None, unroll: int,
+          dtype: str = "float32") -> Model:
     """The Model for `task` (strings are accepted for the enums: cell, gru_variant, init).
 
     Chrono's T_max is the task's input length unless `chrono_max_len` is set: no dependency in
@@ -37,8 +41,10 @@ def build(task: tasks.Task, *, cell: Any, gru_variant: Any, hidden_size: int, nu
     """
     spec = layers.Spec(cell=cell, input_size=task.input_size, hidden_size=hidden_size,
                        num_layers=num_layers, gru_variant=gru_variant, init=init,
-                       forget_bias=forget_bias,
-                       chrono_max_len=task.length if chrono_max_len is None else chrono_max_len)
+                       forget_bias=forget_bias, dtype=dtype,
+                       chrono_max_len=None if str(getattr(init, "value", init)).lower()
+                       != layers.Init.CHRONO.value else
+                       task.length if chrono_max_len is None else chrono_max_len)
     return Model(spec=spec, plan=layers.Plan(unroll=unroll), output_size=task.output_size,
                  readout=tasks.Readout(task.readout))
 
@@ -64,7 +70,9 @@ def apply(model: Model, params: dict[str, Any], inputs: jax.Array) -> jax.Array:
     Returns:
       [B, T, O] outputs at every step (Readout.ALL) or [B, O] at the last step (Readout.LAST).
     """
-    ys, _ = layers.apply(model.spec, params["rnn"], inputs, plan=model.plan)
+    ys, _ = layers.apply(model.spec, params["rnn"], inputs.astype(model.spec.dtype),
+                         plan=model.plan)
+    ys = ys.astype(params["readout"]["w"].dtype)  # model.dtype is the stack's: readout in float32
     if model.readout is tasks.Readout.LAST:
         ys = ys[:, -1]
     b = params["readout"]["b"]

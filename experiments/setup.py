@@ -226,6 +226,7 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
             ("model.cell", m.cell, [c.value for c in layers.CellType], "value"),
             ("model.gru_variant", m.gru_variant, [v.value for v in gru.Variant], "value"),
             ("model.init", m.init, [v.value for v in layers.Init], "value"),
+            ("model.dtype", m.get("dtype", "float32"), list(model_lib.DTYPES), "value"),
             ("train.optimizer", t.optimizer, [a.value for a in Algorithm], ""),
             ("train.schedule", t.schedule, [s.value for s in Schedule], "")):
         checks.one_of(f"--config.{field}", value, valid, what)
@@ -304,7 +305,7 @@ def _model(m: ml_collections.ConfigDict, task: tasks.Task) -> model_lib.Model:
     return model_lib.build(task, cell=m.cell, gru_variant=m.gru_variant,
                            hidden_size=m.hidden_size, num_layers=m.num_layers, init=m.init,
                            forget_bias=m.forget_bias, chrono_max_len=m.chrono_max_len,
-                           unroll=m.unroll)
+                           unroll=m.unroll, dtype=m.get("dtype", "float32"))
 
 
 def _run(config: ml_collections.ConfigDict) -> Run:

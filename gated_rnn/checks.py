@@ -55,7 +55,12 @@ def check_input(x: jax.Array, input_size: int, dtype, *, what: str = "x", min_ra
 
 
 def check_carry(carry, expected, *, what: str = "carry") -> None:
-    """Raises ValueError unless `carry` has the structure and shapes of `expected`."""
+    """Raises ValueError unless `carry` has the structure, shapes and dtypes of `expected`.
+
+    The dtype is checked too: a carry of another dtype than the params' either fails deep
+    inside `lax.scan` (bfloat16 carry, float32 params) or silently promotes the whole run
+    (float32 carry, bfloat16 params).
+    """
     got = jax.tree_util.tree_structure(carry)
     want = jax.tree_util.tree_structure(expected)
     if got != want:
@@ -64,6 +69,40 @@ def check_carry(carry, expected, *, what: str = "carry") -> None:
                           jax.tree_util.tree_leaves(carry), jax.tree_util.tree_leaves(expected)):
         if np.shape(a) != np.shape(b):
             raise ValueError(f"{what}.{name}: expected shape {np.shape(b)}, got {np.shape(a)}")
+        if jnp.result_type(a) != jnp.result_type(b):
+            raise ValueError(f"{what}.{name}: expected dtype {jnp.result_type(b).name} (the "
+                             f"params' dtype), got {jnp.result_type(a).name}; cast the carry")
+
+
+def check_step(x, carry, *, what: str = "step") -> None:
+    """Raises ValueError unless x `[..., I]` has the batch axes of carry.h `[..., H]`: an
+    unbatched x would otherwise broadcast against a batched carry without a word."""
+    x_batch, c_batch = tuple(np.shape(x))[:-1], tuple(np.shape(carry.h))[:-1]
+    if x_batch != c_batch:
+        raise ValueError(f"{what}: x [..., I] and carry.h [..., H] must have the same batch "
+                         f"axes; got x {tuple(np.shape(x))}, carry.h {tuple(np.shape(carry.h))}")
+
+
+def check_float_dtype(value: Any, what: str, *, optional: bool = False):
+    """`value` as a floating `jnp.dtype` (or None, if `optional`); raises ValueError otherwise."""
+    if optional and value is None:
+        return None
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{what}: expected a floating dtype (float32, bfloat16, float16, "
+                         f"float64), got {repr(value) if dtype is None else dtype.name}")
+    return dtype
+
+
+def check_rate(value: Any, what: str) -> float:
+    """`value` as a float in [0, 1); raises ValueError (naming `what`) otherwise."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number))
+            or not 0.0 <= float(value) < 1.0):
+        raise ValueError(f"{what}: expected a rate in [0, 1), got {value!r}")
+    return float(value)
 
 
 def check_int(value: Any, what: str, *, minimum: int = 1, optional: bool = False) -> None:

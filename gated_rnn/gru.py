@@ -147,6 +147,7 @@ def update(params: Params, carry: Carry, xp, hz) -> tuple[Carry, jax.Array]:
 def step(params: Params, carry: Carry, x: jax.Array, *,
          variant: Variant = Variant.RESET_AFTER) -> tuple[Carry, jax.Array]:
     """One time step. x: `[..., I]`; carry: Carry with h `[..., H]`. Returns (carry, h)."""
+    checks.check_step(x, carry, what="gru.step")
     return recur(params, carry, project(params, x), variant=variant)
 
 
@@ -188,6 +189,9 @@ class Cell:
     """
 
     variant: Variant = Variant.RESET_AFTER
+
+    def __repr__(self) -> str:
+        return f"gated_rnn.gru.cell({self.variant.value!r})"
 
     Params = Params
     Carry = Carry

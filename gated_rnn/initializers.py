@@ -18,9 +18,34 @@ import jax.numpy as jnp
 
 Initializer = Callable[..., jax.Array]
 
-lecun_normal = jax.nn.initializers.lecun_normal
-glorot_normal = jax.nn.initializers.glorot_normal
 zeros = jax.nn.initializers.zeros
+
+
+def drawn_in_float32(init: Initializer) -> Initializer:
+    """`init` for half-precision dtypes (bfloat16, float16): drawn in float32, then cast.
+
+    As Flax NNX does: the orthogonal initializer's QR has no bfloat16 kernel on CPU, and a
+    uniform or normal draw in bfloat16 is coarser than the rounding of a float32 draw. So a
+    half-precision init is exactly the float32 init rounded to the dtype, for every scheme.
+    """
+
+    def wrapped(key, shape, dtype=jnp.float32):
+        dtype = jnp.dtype(dtype)
+        if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+            return init(key, shape, jnp.float32).astype(dtype)
+        return init(key, shape, dtype)
+
+    return wrapped
+
+
+def lecun_normal(*args, **kwargs) -> Initializer:
+    """`jax.nn.initializers.lecun_normal`, drawn in float32 for half dtypes."""
+    return drawn_in_float32(jax.nn.initializers.lecun_normal(*args, **kwargs))
+
+
+def glorot_normal(*args, **kwargs) -> Initializer:
+    """`jax.nn.initializers.glorot_normal`, drawn in float32 for half dtypes."""
+    return drawn_in_float32(jax.nn.initializers.glorot_normal(*args, **kwargs))
 
 
 def orthogonal_gates(num_gates: int, scale: float = 1.0) -> Initializer:
@@ -40,7 +65,7 @@ def orthogonal_gates(num_gates: int, scale: float = 1.0) -> Initializer:
                   for k in jax.random.split(key, num_gates)]
         return jnp.concatenate(blocks, axis=-1)
 
-    return init
+    return drawn_in_float32(init)
 
 
 def uniform(scale: float) -> Initializer:
@@ -49,7 +74,7 @@ def uniform(scale: float) -> Initializer:
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -scale, scale)
 
-    return init
+    return drawn_in_float32(init)
 
 
 def torch_default(hidden_size: int) -> Initializer:
@@ -98,7 +123,7 @@ def chrono_lstm(max_len: int) -> Initializer:
         b_f = chrono_values(key, h, max_len, dtype)
         return jnp.concatenate([-b_f, b_f, jnp.zeros((2 * h,), dtype)])
 
-    return init
+    return drawn_in_float32(init)
 
 
 def chrono_gru(max_len: int, *, keep_gate_sign: float = 1.0) -> Initializer:
@@ -115,4 +140,4 @@ def chrono_gru(max_len: int, *, keep_gate_sign: float = 1.0) -> Initializer:
         b_z = keep_gate_sign * chrono_values(key, h, max_len, dtype)
         return jnp.concatenate([jnp.zeros((h,), dtype), b_z, jnp.zeros((h,), dtype)])
 
-    return init
+    return drawn_in_float32(init)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import warnings
 from typing import Any, Callable, Optional
 
 import jax
@@ -103,19 +104,34 @@ class Spec:
         set_("cell", checks.enum_value(CellType, self.cell, "cell"))
         set_("gru_variant", checks.enum_value(gru.Variant, self.gru_variant, "gru_variant"))
         set_("init", checks.enum_value(Init, self.init, "init"))
-        set_("dtype", jnp.dtype(self.dtype))
+        set_("dtype", checks.check_float_dtype(self.dtype, "dtype"))
         for name in ("input_size", "hidden_size", "num_layers"):
             checks.check_int(getattr(self, name), name)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a rate in [0, 1), got {self.dropout!r}")
-        if self.proj_size < 0 or (self.proj_size and not self.cell_fns.SUPPORTS_PROJ):
+        checks.check_int(self.proj_size, "proj_size", minimum=0)
+        if not isinstance(self.bidirectional, (bool, np.bool_)):
+            raise ValueError(f"bidirectional: expected a bool, got {self.bidirectional!r}")
+        set_("dropout", checks.check_rate(self.dropout, "dropout"))
+        if self.dropout > 0 and self.num_layers == 1:
+            # PyTorch's words: dropout acts between layers, so one layer has none.
+            warnings.warn(f"dropout={self.dropout} with num_layers=1 does nothing: dropout acts "
+                          f"on each layer's output except the last layer's", stacklevel=3)
+        if (isinstance(self.forget_bias, (bool, np.bool_))
+                or not isinstance(self.forget_bias, (int, float, np.number))
+                or not np.isfinite(self.forget_bias)):
+            raise ValueError(f"forget_bias: expected a finite number, got {self.forget_bias!r}")
+        if self.chrono_max_len is not None and self.init is not Init.CHRONO:
+            raise ValueError(f"chrono_max_len: only init='chrono' reads it; got "
+                             f"chrono_max_len={self.chrono_max_len!r} with "
+                             f"init={self.init.value!r} (leave it None)")
+        if self.proj_size and not self.cell_fns.SUPPORTS_PROJ:
             raise ValueError(f"proj_size: expected 0, or > 0 for a cell with an output "
                              f"projection (of ours, the LSTM only); got {self.proj_size!r} for "
                              f"cell {self.cell.value!r}")
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size: must be < hidden_size={self.hidden_size} (as in "
                              f"PyTorch), got {self.proj_size}")
-        if self.init is Init.CHRONO and (self.chrono_max_len is None or self.chrono_max_len < 3):
+        if self.init is Init.CHRONO and not (isinstance(self.chrono_max_len, (int, np.integer))
+                                             and self.chrono_max_len >= 3):
             raise ValueError(f"chrono_max_len: init='chrono' needs T_max >= 3, got "
                              f"{self.chrono_max_len!r}")
 
@@ -161,14 +177,11 @@ class Plan:
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         set_("impl", checks.enum_value(scan.Impl, self.impl, "impl"))
-        if not isinstance(self.remat, (bool, np.bool_)):
-            raise ValueError(f"remat: expected a bool, got {self.remat!r}")
-        checks.check_int(self.chunk_size, "chunk_size", optional=True)
-        checks.check_int(self.unroll, "unroll")
-        if self.matmul_dtype is not None:
-            set_("matmul_dtype", jnp.dtype(self.matmul_dtype))
-            if self.impl in (scan.Impl.SCAN, scan.Impl.CUDNN):
-                raise _matmul_dtype_error(self, self.impl)
+        set_("matmul_dtype", scan.check_options(unroll=self.unroll, remat=self.remat,
+                                                chunk_size=self.chunk_size,
+                                                matmul_dtype=self.matmul_dtype))
+        if self.matmul_dtype is not None and self.impl in (scan.Impl.SCAN, scan.Impl.CUDNN):
+            raise _matmul_dtype_error(self, self.impl)
 
 
 def _matmul_dtype_error(plan: Plan, impl: scan.Impl, cell: str = "") -> ValueError:
@@ -210,12 +223,14 @@ def init_kwargs(spec: Spec) -> dict:
     return kwargs
 
 
-def init_cell(key: jax.Array, spec: Spec, layer: int) -> Any:
-    """Params of one direction of layer `layer`."""
+def init_cell(key: jax.Array, spec: Spec, layer: int, **initializer_overrides) -> Any:
+    """Params of one direction of layer `layer`; `initializer_overrides` (keywords of the cell's
+    `init_params`, e.g. kernel_init) replace the scheme's."""
     cell = spec.cell_fns
     extra = {"proj_size": spec.proj_size} if cell.SUPPORTS_PROJ else {}
     return cell.init_params(key, spec.layer_input_size(layer), spec.hidden_size,
-                            dtype=spec.dtype, **extra, **init_kwargs(spec))
+                            dtype=spec.dtype, **extra,
+                            **{**init_kwargs(spec), **initializer_overrides})
 
 
 def init(key: jax.Array, spec: Spec) -> tuple:

@@ -125,6 +125,7 @@ def update(params: Params, carry: Carry, xp, hz) -> tuple[Carry, jax.Array]:
 
 def step(params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
     """One time step. x: `[..., I]`; carry: Carry with h `[..., P]`, c `[..., H]`. Returns (carry, h)."""
+    checks.check_step(x, carry, what="lstm.step")
     return recur(params, carry, project(params, x))
 
 

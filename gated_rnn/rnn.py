@@ -78,6 +78,7 @@ def update(params: Params, carry: Carry, xp, hz) -> tuple[Carry, jax.Array]:
 
 def step(params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
     """One time step. x: `[..., I]`; carry: Carry with h `[..., H]`. Returns (carry, h)."""
+    checks.check_step(x, carry, what="rnn.step")
     return recur(params, carry, project(params, x))
 
 

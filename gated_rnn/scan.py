@@ -42,7 +42,13 @@ def _concrete(x) -> np.ndarray | None:
 
 
 def check_seq_lengths(seq_lengths, batch_size: int, num_steps: int) -> jax.Array:
-    """Validates seq_lengths `[B]` (integers in [0, T] when concrete) and returns it as an array."""
+    """Validates seq_lengths `[B]` and returns it as an array: the one place lengths are checked.
+
+    Concrete lengths (an eager call, or constants under `jit`) outside [0, T] raise. Traced
+    lengths (arguments of a jitted function) cannot raise: they are clamped into [0, T] here, so
+    a length above T acts as T and a negative one as 0, and no index runs out of bounds (which
+    gave NaN with `reverse=True`). Check them before the `jit` boundary if that would hide a bug.
+    """
     shape = tuple(np.shape(seq_lengths))
     if shape != (batch_size,):
         raise ValueError(f"seq_lengths: expected shape (B,) = ({batch_size},), got {shape}")
@@ -53,7 +59,45 @@ def check_seq_lengths(seq_lengths, batch_size: int, num_steps: int) -> jax.Array
     if values is not None and values.size and (values.min() < 0 or values.max() > num_steps):
         raise ValueError(f"seq_lengths: values must lie in [0, T={num_steps}], got "
                          f"min {values.min()}, max {values.max()}")
+    if values is None:
+        seq_lengths = jnp.clip(seq_lengths, 0, num_steps)
     return seq_lengths
+
+
+def check_options(*, unroll: Any, remat: Any, chunk_size: Any, matmul_dtype: Any) -> Any:
+    """The one rule for the loop options of `run` and `layers.Plan`; returns matmul_dtype as a
+    `jnp.dtype` (or None).
+
+    unroll: an integer >= 1 on every path (not a bool: `lax.scan` reads True as a full unroll
+    and the fused loop as 1; write `unroll=T` for a full unroll). remat: a bool. chunk_size:
+    None or an integer >= 1. matmul_dtype: None or a floating dtype (an integer one would round
+    the operands).
+    """
+    checks.check_int(unroll, "unroll")
+    if not isinstance(remat, (bool, np.bool_)):
+        raise ValueError(f"remat: expected a bool, got {remat!r}")
+    checks.check_int(chunk_size, "chunk_size", optional=True)
+    return checks.check_float_dtype(matmul_dtype, "matmul_dtype", optional=True)
+
+
+def _forward_mode(tree: Any) -> bool:
+    """Whether the innermost autodiff of a leaf of `tree` is forward mode (`jax.jvp`, `jacfwd`).
+
+    The FUSED path has a custom VJP, which JAX cannot differentiate in forward mode, so AUTO
+    takes SCAN then. Reverse mode (`grad`, `vjp`: linearize tracers, or a JVP tracer with a
+    staged tangent) is what the custom VJP serves, also under an outer jvp (`hessian` =
+    jacfwd(jacrev)), so the walk stops at the first autodiff tracer; other tracers (vmap's) are
+    walked through to see a jvp under a vmap.
+    """
+    from jax.interpreters import ad, partial_eval as pe
+    for leaf in jax.tree_util.tree_leaves(tree):
+        while isinstance(leaf, jax.core.Tracer):
+            if isinstance(leaf, ad.JVPTracer):
+                if not isinstance(leaf.tangent, pe.JaxprTracer):
+                    return True
+                break
+            leaf = getattr(leaf, "val", None)  # vmap's tracer holds the inner one; others end
+    return False
 
 
 def reverse_padded(xs: jax.Array, seq_lengths: jax.Array, *,
@@ -87,6 +131,11 @@ class Impl(enum.Enum):
     CUDNN = "cudnn"  # `gated_rnn.cudnn`: LSTM on a GPU via cuDNN (opt-in; untested on a GPU)
 
 
+def _name(cell: Any) -> str:
+    """A cell's name for messages: its module (`gated_rnn.lstm`) or repr (`gru.cell(...)`)."""
+    return getattr(cell, "__name__", None) or repr(cell)
+
+
 def resolve_impl(cell: Any, impl: Impl | str) -> Impl:
     """The concrete implementation (not AUTO) `run` uses for `cell`; raises for a bad one."""
     impl = checks.enum_value(Impl, impl, "impl")
@@ -112,10 +161,17 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
       xs: [B, T, I] inputs ([T, B, I] if time_major): a jax.Array, or an array-like (NumPy, a
         torch CPU tensor), converted here.
       carry: initial Carry with [B, H] fields (arrays or array-likes); zeros if None.
-      seq_lengths: [B] integer lengths in [0, T], or None for all T.
+      seq_lengths: [B] integer lengths in [0, T], or None for all T. Concrete values outside
+        raise; traced ones (under `jit`) are clamped into [0, T] (`check_seq_lengths`).
       reverse: run from the last valid step to the first.
-      unroll: steps per loop iteration of `jax.lax.scan`.
-      impl: `Impl` or its name; AUTO takes FUSED where the cell supports it. CUDNN (LSTM on a
+      unroll: steps per loop iteration (an integer >= 1 on every path; `unroll=T` unrolls
+        fully). The options unroll, remat, chunk_size, matmul_dtype follow one rule,
+        `check_options`, shared with `layers.Plan`.
+      impl: `Impl` or its name; AUTO takes FUSED where the cell supports it, and SCAN under
+        forward-mode autodiff (`jax.jvp`, `jacfwd`: FUSED has a custom VJP, which JAX cannot
+        differentiate forwards; an explicit impl='fused' then raises; `hessian`, a jvp of a
+        vjp, works on FUSED). A jvp of an
+        already-jitted function is invisible here: pass impl='scan' for it. CUDNN (LSTM on a
         GPU, opt-in, untested on a GPU so far) takes none of the options below.
       remat: rematerialize in the backward pass: keep the carry only every `chunk_size` steps
         (default about sqrt(T)) and recompute the steps between. Cuts a training step's memory
@@ -135,14 +191,28 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
     xs = checks.from_tensor(xs)
     if np.ndim(xs) != 3:
         raise ValueError(f"scan.run: xs must be {layout}, got shape {tuple(np.shape(xs))}")
+    matmul_dtype = check_options(unroll=unroll, remat=remat, chunk_size=chunk_size,
+                                 matmul_dtype=matmul_dtype)
+    params_type = getattr(cell, "Params", None)
+    if params_type is not None and not isinstance(params, params_type):
+        raise ValueError(f"scan.run: params of type {type(params).__module__}."
+                         f"{type(params).__qualname__} do not belong to the cell {_name(cell)}, "
+                         f"which takes {params_type.__module__}.{params_type.__qualname__}")
+    forward_mode = _forward_mode((params, xs, carry, seq_lengths))
+    impl = checks.enum_value(Impl, impl, "impl")
+    if forward_mode and impl is Impl.AUTO and matmul_dtype is None:
+        impl = Impl.SCAN  # the fused path has a custom VJP only, which JAX cannot jvp
     impl = resolve_impl(cell, impl)
+    if forward_mode and impl is not Impl.SCAN:
+        raise ValueError(f"forward-mode autodiff (jax.jvp, jacfwd) needs impl='scan' "
+                         f"(layers.Plan(impl='scan')); impl={impl.value!r} has a custom VJP only")
     if impl is Impl.CUDNN:
         cudnn.check(cell, params)
         if remat or chunk_size is not None or matmul_dtype is not None or unroll != 1:
             raise ValueError("impl='cudnn' takes none of remat, chunk_size, matmul_dtype, unroll")
     if impl is not Impl.FUSED and matmul_dtype is not None:
-        raise ValueError(f"matmul_dtype={matmul_dtype!r} needs impl='fused' (got {impl.value!r})")
-    checks.check_int(chunk_size, "chunk_size", optional=True)
+        raise ValueError(f"matmul_dtype={matmul_dtype.name!r} needs impl='fused' "
+                         f"(got {impl.value!r})")
     num_steps, batch = np.shape(xs)[:2] if time_major else np.shape(xs)[1::-1]
     jax.eval_shape(cell.project, params, xs)  # the cell's input checks
     expected = jax.eval_shape(lambda: cell.zero_carry(params, (batch,)))

@@ -179,3 +179,12 @@ def test_init_carry_shapes_and_dtype():
     assert not np.any(np.asarray(c.h, np.float32))
     assert gru.init_carry((B,), H).h.shape == (B, H)
     assert rnn.init_carry((B,), H).h.shape == (B, H)
+
+
+@pytest.mark.parametrize("cell", [lstm, gru, rnn])
+def test_step_refuses_an_unbatched_x_with_a_batched_carry(key, cell):
+    # It used to broadcast [I] against carry [B, H] and return a [B, H] step of the same x.
+    params = cell.init_params(key, 3, 4)
+    with pytest.raises(ValueError, match=r"step: x \[..., I\] and carry.h \[..., H\] must have "
+                                         r"the same batch axes; got x \(3,\), carry.h \(2, 4\)"):
+        cell.step(params, cell.init_carry((2,), 4), jnp.ones((3,)))

@@ -3,6 +3,7 @@ layout, variable lengths through both directions, dropout placement, the Init sc
 Spec's validation."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 from jax import enable_x64
 from jax.test_util import check_grads
 
-from gated_rnn import gru, layers, lstm
+from gated_rnn import gru, layers, lstm, scan
 from tests import numpy_ref as ref
 
 
@@ -115,7 +116,8 @@ def test_dropout_between_layers_only_with_a_key(key):
     ys2, _ = layers.apply(layers.Spec("lstm", 8, 8), params[1:], dropped)
     np.testing.assert_allclose(train_ys, ys2, rtol=1e-6)
     # A single layer has no "between": dropout never touches the last layer's output.
-    one = layers.Spec("lstm", input_size=3, hidden_size=8, dropout=0.5)
+    with pytest.warns(UserWarning, match="dropout=0.5 with num_layers=1 does nothing"):
+        one = layers.Spec("lstm", input_size=3, hidden_size=8, dropout=0.5)
     p1 = layers.init(key, one)
     np.testing.assert_array_equal(layers.apply(one, p1, xs, dropout_key=key)[0],
                                   layers.apply(one, p1, xs)[0])
@@ -252,3 +254,36 @@ def test_apply_takes_numpy_and_torch_inputs(key):
                  layers.apply(spec, params, jnp.asarray(xs), initial_carry=want[1]))
     with pytest.raises(ValueError, match=r"expected a floating dtype \(float32.*got int"):
         layers.apply(spec, params, torch.ones(2, 5, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("proj_size", 2.0, "proj_size: expected an integer >= 0, got 2.0"),
+    ("dtype", jnp.int32, "dtype: expected a floating dtype"),
+    ("bidirectional", "no", "bidirectional: expected a bool, got 'no'"),
+    ("dropout", "0.5", "dropout: expected a rate in [0, 1), got '0.5'"),
+    ("forget_bias", float("nan"), "forget_bias: expected a finite number, got nan"),
+    ("chrono_max_len", 10, "chrono_max_len: only init='chrono' reads it"),
+])
+def test_spec_refuses_a_field_that_would_silently_change_the_model(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        layers.Spec("lstm", 3, 4, **{field: value})
+
+
+@pytest.mark.parametrize("dtype", [jnp.int8, jnp.uint8, bool])
+def test_plan_and_scan_refuse_an_integer_matmul_dtype(key, dtype):
+    with pytest.raises(ValueError, match="matmul_dtype: expected a floating dtype"):
+        layers.Plan(matmul_dtype=dtype)
+    with pytest.raises(ValueError, match="matmul_dtype: expected a floating dtype"):
+        scan.run(lstm, lstm.init_params(key, 3, 4), jnp.ones((1, 2, 3)), matmul_dtype=dtype)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"unroll": True}, "unroll: expected an integer >= 1, got True"),
+    ({"unroll": 0}, "unroll: expected an integer >= 1, got 0"),
+    ({"remat": "yes"}, "remat: expected a bool, got 'yes'"),
+])
+def test_plan_and_scan_run_share_one_rule_for_unroll_and_remat(key, options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        layers.Plan(**options)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        scan.run(lstm, lstm.init_params(key, 3, 4), jnp.ones((1, 2, 3)), **options)

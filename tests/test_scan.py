@@ -270,3 +270,80 @@ def test_run_takes_numpy_inputs_and_names_the_time_major_layout(key):
         scan.run(cell, p, xs[0], time_major=True)
     with pytest.raises(ValueError, match=r"seq_lengths: expected shape \(B,\) = \(5,\)"):
         scan.run(cell, p, xs, seq_lengths=np.array([5, 3]), time_major=True)
+
+
+def test_traced_lengths_outside_zero_to_t_are_clamped_never_nan(key):
+    # Under jit lengths cannot raise: T + 4 acts as T and -2 as 0, with reverse (which indexed
+    # out of bounds and gave NaN before), in outputs and final carry. Eager calls still raise.
+    # The clamp is in `check_seq_lengths`, before the implementations split.
+    cell, params = _cell_and_params("lstm", key, jnp.float32)
+    xs = jax.random.normal(jax.random.fold_in(key, 1), (2, 5, I))
+    run = jax.jit(lambda lengths: scan.run(cell, params, xs, seq_lengths=lengths, reverse=True,
+                                           impl="scan"))
+    carry, ys = run(jnp.array([9, -2]))
+    want_carry, want_ys = run(jnp.array([5, 0]))
+    assert not np.isnan(ys).any() and not np.isnan(carry.c).any()
+    np.testing.assert_array_equal(ys, want_ys)
+    np.testing.assert_array_equal(carry.h, want_carry.h)
+    np.testing.assert_array_equal(ys[1], 0)
+    with pytest.raises(ValueError, match=r"seq_lengths: values must lie in \[0, T=5\]"):
+        scan.run(cell, params, xs, seq_lengths=jnp.array([9, -2]), reverse=True)
+
+
+def test_forward_mode_jvp_works_on_the_default_path(key):
+    # The cheap counterpart of the next test: jit(jvp) on the default path against grad . d.
+    with enable_x64():
+        cell, params = _cell_and_params("lstm", key, jnp.float64)
+        xs = jax.random.normal(jax.random.fold_in(key, 1), (1, 2, I), jnp.float64)
+        d = jax.random.normal(jax.random.fold_in(key, 2), xs.shape, jnp.float64)
+        f = lambda xs: jnp.sum(scan.run(cell, params, xs)[1] ** 2)  # noqa: E731
+        np.testing.assert_allclose(jax.jit(lambda xs, d: jax.jvp(f, (xs,), (d,))[1])(xs, d),
+                                   jnp.vdot(jax.grad(f)(xs), d), rtol=1e-10)
+
+
+@pytest.mark.slow
+def test_forward_mode_jvp_jacfwd_and_hessian_work_on_the_default_path(key):
+    # The fused path has a custom VJP; under forward mode AUTO takes the scan (same numbers).
+    # Pinned against reverse mode (grad) in float64.
+    with enable_x64():
+        cell, params = _cell_and_params("lstm", key, jnp.float64)
+        xs = jax.random.normal(jax.random.fold_in(key, 1), (1, 3, I), jnp.float64)
+        d = jax.random.normal(jax.random.fold_in(key, 2), xs.shape, jnp.float64)
+        # Not jax.jvp(jax.jit(f)): a jvp of an already-jitted function is invisible to
+        # scan.run (README, "A whole sequence"); jit(jvp(f)) is seen.
+        f = lambda xs: jnp.sum(scan.run(cell, params, xs)[1] ** 2)  # noqa: E731
+        grad = jax.jit(jax.grad(lambda xs: jnp.sum(scan.run(cell, params, xs, impl="scan")[1]
+                                                   ** 2)))
+        jvp = jax.jit(lambda xs, d: jax.jvp(f, (xs,), (d,))[1])
+        np.testing.assert_allclose(jvp(xs, d), jnp.vdot(grad(xs), d), rtol=1e-10)
+        np.testing.assert_allclose(jax.jit(jax.jacfwd(f))(xs), grad(xs), rtol=1e-10)
+        hess = jax.jit(jax.hessian(f))(xs).reshape(xs.size, xs.size)
+        # The Hessian-vector product from reverse mode: (grad(xs + e d) - grad(xs - e d)) / 2e.
+        e = 1e-5
+        np.testing.assert_allclose(hess @ d.ravel(),
+                                   ((grad(xs + e * d) - grad(xs - e * d)) / (2 * e)).ravel(),
+                                   rtol=1e-6, atol=1e-8)
+        with pytest.raises(ValueError, match="forward-mode autodiff .* needs impl='scan'"):
+            jax.jvp(lambda x: scan.run(cell, params, x, impl="fused")[1], (xs,), (d,))
+        # hessian = jacfwd(jacrev): a jvp of the custom VJP, which the fused path serves.
+        fused = lambda xs: jnp.sum(scan.run(cell, params, xs, impl="fused")[1] ** 2)  # noqa
+        np.testing.assert_allclose(jax.jit(jax.hessian(fused))(xs).reshape(xs.size, xs.size),
+                                   hess, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("carry_dtype, params_dtype", [(jnp.bfloat16, jnp.float32),
+                                                       (jnp.float32, jnp.bfloat16)])
+def test_a_carry_of_another_dtype_than_the_params_is_refused(key, carry_dtype, params_dtype):
+    params = lstm.init_params(key, I, H, dtype=params_dtype)
+    carry = lstm.init_carry((2,), H, dtype=carry_dtype)
+    with pytest.raises(ValueError, match=f"carry.h: expected dtype "
+                                         f"{jnp.dtype(params_dtype).name} .the params' dtype., "
+                                         f"got {jnp.dtype(carry_dtype).name}"):
+        scan.run(lstm, params, jnp.ones((2, 3, I), params_dtype), carry=carry)
+
+
+def test_another_cells_params_are_refused_naming_both(key):
+    with pytest.raises(ValueError, match=r"params of type gated_rnn\.lstm\.Params do not "
+                                         r"belong to the cell gated_rnn\.gru\.cell\("
+                                         r"'reset_after'\), which takes gated_rnn\.gru\.Params"):
+        scan.run(gru.cell(), lstm.init_params(key, I, H), jnp.ones((2, 3, I)))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import model as model_lib
 from experiments import setup as setup_lib
 from experiments import train
 from experiments.configs import adding as adding_config
@@ -326,6 +327,32 @@ def test_config_args():
         copy_config.get_config("tiny")
     with pytest.raises(ValueError, match=r"seq_len must be an integer, got 'x'"):
         copy_config.get_config("seq_len=x")
+
+
+def test_model_dtype_makes_a_bfloat16_stack_and_refuses_other_names():
+    # The cheap counterpart of the next (slow) test: no training step is compiled.
+    setup = setup_lib.build(helpers.smoke_config("copy", **{"model.dtype": "bfloat16"}))
+    params = jax.eval_shape(lambda key: model_lib.init(key, setup.model), jax.random.key(0))
+    assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(params["rnn"]))
+    assert params["readout"]["w"].dtype == jnp.float32
+    with pytest.raises(ValueError, match="model.dtype"):
+        setup_lib.build(helpers.smoke_config("copy", **{"model.dtype": "int8"}))
+
+
+@pytest.mark.slow
+def test_bfloat16_model_trains_like_float32():
+    # model.dtype=bfloat16: the stack's params, state and math in bfloat16 (the readout and the
+    # loss in float32). Over 3 smoke steps the loss stays within 1e-3 (relative) of float32's
+    # (measured: 2.2e-4 at most), and the params stay bfloat16 through the optimizer.
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        setup = setup_lib.build(helpers.smoke_config("copy", **{"model.dtype": dtype}))
+        state, metrics = _steps(setup, train.create_train_state(setup, seed=0), 3)
+        losses[dtype] = np.array([m["loss"][0] for m in metrics])
+        assert all(p.dtype == dtype for p in jax.tree.leaves(state.params["rnn"]))
+        assert state.params["readout"]["w"].dtype == np.float32
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=1e-3)
+    assert np.any(losses["bfloat16"] != losses["float32"])
 
 
 def test_chrono_max_len_follows_seq_len():

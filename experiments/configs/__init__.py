@@ -14,7 +14,8 @@ Fields (users type these names):
   task.name, task.<options>   (copy: variable_delay; adding: form)
   model.cell (rnn/lstm/gru), model.gru_variant (reset_after/reset_before), model.hidden_size,
   model.num_layers, model.init (default/forget_bias/chrono/torch), model.forget_bias,
-  model.chrono_max_len (unset: the task's input length), model.unroll
+  model.chrono_max_len (unset: the task's input length), model.unroll,
+  model.dtype (float32/bfloat16/float16: the recurrent stack's params, state and math)
   train.steps, train.batch_size, train.optimizer (rmsprop/adam), train.learning_rate,
   train.rmsprop_decay, train.eps, train.clip (global-norm clip; 0 disables),
   train.schedule (constant/cosine), train.warmup_steps (a linear warmup first), train.log_every,
@@ -63,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.forget_bias = 1.0
     c.model.chrono_max_len = config_dict.placeholder(int)
     c.model.unroll = 1
+    c.model.dtype = "float32"
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 20_000

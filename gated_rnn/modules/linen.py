@@ -1,7 +1,8 @@
 """Flax linen wrappers: cells for `nn.RNN` / `nn.Bidirectional`, and stacks over `layers.apply`.
 
 `RNNCell`, `LSTMCell`, `GRUCell` subclass `nn.RNNCellBase`, so `nn.RNN` and `nn.Bidirectional`
-take them as they take Flax's own cells; a step is the cell's `step`. `RNN`, `LSTM`, `GRU` are
+take them as they take Flax's own cells; a step is the cell's `step`, between Flax's carry and
+keywords and the functional ones (`convert.flax_step`). `RNN`, `LSTM`, `GRU` are
 stacks over `layers.apply` (one projection per layer hoisted out of the loop, outputs zero past
 `seq_lengths`, dropout between layers when `deterministic=False`, drawn from the "dropout" rng).
 
@@ -22,15 +23,16 @@ from gated_rnn import layers
 from gated_rnn.modules import convert
 
 
-def _linen_params(module: nn.Module, spec: layers.Spec, layer: int) -> Any:
+def _linen_params(module: nn.Module, spec: layers.Spec, layer: int, **overrides) -> Any:
     """Declares the cell's Params of `layer` as params of `module`, one per field.
 
-    On init they are `layers.init_cell(module.make_rng("params"), spec, layer)`: one draw by the
-    functional code, so the module and the functional path agree value for value.
+    On init they are `layers.init_cell(module.make_rng("params"), spec, layer, **overrides)`:
+    one draw by the functional code, so the module and the functional path agree value for
+    value.
     """
 
     def draw(key):
-        return layers.init_cell(key, spec, layer)
+        return layers.init_cell(key, spec, layer, **overrides)
 
     shapes = jax.eval_shape(draw, jax.random.key(0))
     names = [name for name, shape in shapes._asdict().items() if shape is not None]
@@ -46,15 +48,28 @@ def _linen_params(module: nn.Module, spec: layers.Spec, layer: int) -> Any:
 
 
 class _LinenCell(nn.RNNCellBase):
-    """What the three linen cells share; `CELL_TYPE` names the cell."""
+    """What the three linen cells share; `CELL_TYPE` names the cell.
+
+    Flax's constructor keywords work as on Flax's cells: `features` (or our `hidden_size`),
+    `dtype` (computation; None: promote inputs and params), `param_dtype` (storage),
+    `kernel_init`, `recurrent_kernel_init`, `bias_init` (per gate block, as Flax's one Dense
+    per gate), `carry_init`. The carry is Flax's: the tuple (c, h) for the LSTM, a bare array
+    for the GRU and the RNN.
+    """
 
     CELL_TYPE: ClassVar[layers.CellType]
 
-    hidden_size: int
-    dtype: Any = jnp.float32
+    hidden_size: Optional[int] = None
+    features: Optional[int] = None  # Flax's name for hidden_size
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
     init_scheme: Any = layers.Init.DEFAULT
     forget_bias: float = 1.0
     chrono_max_len: Optional[int] = None
+    kernel_init: Any = None
+    recurrent_kernel_init: Any = None
+    bias_init: Any = None
+    carry_init: Any = None
 
     @nn.nowrap
     def _cell_options(self) -> dict:
@@ -62,35 +77,46 @@ class _LinenCell(nn.RNNCellBase):
 
     @nn.nowrap
     def spec(self, input_size: int) -> layers.Spec:
-        """The one-layer `layers.Spec` of this cell for inputs of size I."""
-        return layers.Spec(cell=self.CELL_TYPE, input_size=input_size,
-                           hidden_size=self.hidden_size, dtype=self.dtype,
-                           init=self.init_scheme, forget_bias=self.forget_bias,
-                           chrono_max_len=self.chrono_max_len, **self._cell_options())
+        """The one-layer `layers.Spec` of this cell for inputs of size I (dtype: param_dtype)."""
+        hidden = convert.hidden_size_of(type(self).__name__, hidden_size=self.hidden_size,
+                                        features=self.features)
+        return layers.Spec(cell=self.CELL_TYPE, input_size=input_size, hidden_size=hidden,
+                           dtype=self.param_dtype, init=self.init_scheme,
+                           forget_bias=self.forget_bias, chrono_max_len=self.chrono_max_len,
+                           **self._cell_options())
+
+    @nn.nowrap
+    def _initializers(self, spec: layers.Spec) -> dict:
+        return convert.flax_initializers(spec, kernel_init=self.kernel_init,
+                                         recurrent_kernel_init=self.recurrent_kernel_init,
+                                         bias_init=self.bias_init)
 
     @nn.compact
     def __call__(self, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
         """One step.
 
         Args:
-          carry: the cell's Carry with [B, H] fields (from `initialize_carry`).
+          carry: Flax's carry (from `initialize_carry`): LSTM the tuple (c, h) of [B, H]
+            arrays, GRU and RNN a [B, H] array.
           x: [B, I] input (any number of leading batch axes).
 
         Returns:
-          (carry, y): the new carry and the output y [B, H] (LSTM: [B, proj_size or H]).
+          (carry, y): the new carry (same structure and dtype) and the output y [B, H]
+          (LSTM: [B, proj_size or H]).
         """
         spec = self.spec(x.shape[-1])
-        params = _linen_params(self, spec, 0)
-        convert.check_cell_carry(spec, params, carry, x)
-        return spec.cell_fns.step(params, carry, x)
+        params = _linen_params(self, spec, 0, **self._initializers(spec))
+        return convert.flax_step(spec, params, carry, x, dtype=self.dtype,
+                                 what=f"{type(self).__name__} carry")
 
     @nn.nowrap
     def initialize_carry(self, rng: jax.Array, input_shape: tuple[int, ...]) -> Any:
-        """Zero carry for inputs of shape `input_shape` ([B, I]); `rng` is unused."""
-        del rng
+        """Flax's carry for inputs of shape `input_shape` ([B, I]), in param_dtype: zeros, or
+        drawn by `carry_init` from `rng` as Flax's cells draw it."""
         spec = self.spec(input_shape[-1])
         shapes = jax.eval_shape(lambda key: layers.init_cell(key, spec, 0), jax.random.key(0))
-        return spec.cell_fns.zero_carry(shapes, tuple(input_shape[:-1]))
+        zero = spec.cell_fns.zero_carry(shapes, tuple(input_shape[:-1]))
+        return convert.initial_flax_carry(zero, rng, self.carry_init)
 
     @property
     def num_feature_axes(self) -> int:
@@ -98,29 +124,35 @@ class _LinenCell(nn.RNNCellBase):
 
 
 class RNNCell(_LinenCell):
-    """Linen tanh-RNN cell (`rnn.step`) for `nn.RNN`. Params: w_x [I, H], w_h [H, H], b [H].
+    """Linen tanh-RNN cell (`rnn.step`), for `nn.RNN` where `nn.SimpleCell` was; carry a bare
+    [B, H] array. Params: w_x [I, H], w_h [H, H], b [H].
 
     Attributes:
-      hidden_size: H.
-      dtype: params' and inputs' dtype.
+      hidden_size (or Flax's features): H.
+      dtype, param_dtype: computation and storage dtypes, as in Flax.
       init_scheme: a `layers.Init` or its name ("default", "torch"; the gate schemes are no-ops).
       forget_bias, chrono_max_len: as in `layers.Spec` (unused by the RNN).
+      kernel_init, recurrent_kernel_init, bias_init, carry_init: Flax initializers, or None
+        for the scheme's (zeros for the carry).
     """
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
 
 
 class LSTMCell(_LinenCell):
-    """Linen LSTM cell (`lstm.step`) for `nn.RNN`; carry `lstm.Carry(h, c)`, not Flax's (c, h).
+    """Linen LSTM cell (`lstm.step`), for `nn.RNN` where `nn.LSTMCell` /
+    `nn.OptimizedLSTMCell` was; carry Flax's tuple (c, h).
 
-    Params: w_x [I, 4H], w_h [P, 4H], b [4H] (gates i, f, g, o) and, if proj_size > 0, w_hr [H, P].
+    Params: w_x [I, 4H], w_h [P, 4H], b [4H] (gates i, f, g, o) and, if proj_size > 0, w_hr [H, P]
+    (`convert.to_flax_cell` / `from_flax_cell` map Flax's own LSTM params to these and back).
 
     Attributes:
-      hidden_size: H.
-      dtype: params' and inputs' dtype.
+      hidden_size (or Flax's features): H.
+      dtype, param_dtype: computation and storage dtypes, as in Flax.
       init_scheme: a `layers.Init` or its name: "default", "forget_bias", "chrono", "torch".
       forget_bias: forget-gate bias for init_scheme="forget_bias".
       chrono_max_len: T_max for init_scheme="chrono".
+      kernel_init, recurrent_kernel_init, bias_init, carry_init: Flax initializers, or None.
       proj_size: P > 0 projects h to P features (PyTorch's proj_size); 0: none.
     """
 
@@ -133,14 +165,16 @@ class LSTMCell(_LinenCell):
 
 
 class GRUCell(_LinenCell):
-    """Linen GRU cell (`gru.step`) for `nn.RNN`. Params: w_x [I, 3H], w_h [H, 3H], b [3H], b_hn [H].
+    """Linen GRU cell (`gru.step`), for `nn.RNN` where `nn.GRUCell` was; carry a bare [B, H]
+    array. Params: w_x [I, 3H], w_h [H, 3H], b [3H], b_hn [H].
 
     Attributes:
-      hidden_size: H.
-      dtype: params' and inputs' dtype.
+      hidden_size (or Flax's features): H.
+      dtype, param_dtype: computation and storage dtypes, as in Flax.
       init_scheme: a `layers.Init` or its name: "default", "forget_bias", "chrono", "torch".
       forget_bias: update-gate bias towards keeping the state, for init_scheme="forget_bias".
       chrono_max_len: T_max for init_scheme="chrono".
+      kernel_init, recurrent_kernel_init, bias_init, carry_init: Flax initializers, or None.
       gru_variant: "reset_after" (PyTorch, Flax; default) or "reset_before" (Cho et al.); see `gru`.
     """
 

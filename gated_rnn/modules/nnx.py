@@ -47,20 +47,42 @@ class _NNXLayerParams(nnx.Module):
 
 
 class _NNXCell(nnx.RNNCellBase):
-    """What the three NNX cells share; `CELL_TYPE` names the cell."""
+    """What the three NNX cells share; `CELL_TYPE` names the cell.
+
+    Flax's constructor works as on `nnx.LSTMCell` & co.: `in_features`, `hidden_features` (or
+    our `input_size`, `hidden_size`), `dtype` (computation; None: promote inputs and params),
+    `param_dtype` (storage), `kernel_init`, `recurrent_kernel_init`, `bias_init` (per gate
+    block), `carry_init`, `rngs`. The carry is Flax's: the tuple (c, h) for the LSTM, a bare
+    array for the GRU and the RNN.
+    """
 
     CELL_TYPE: ClassVar[layers.CellType]
     CELL_OPTIONS: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, input_size: int, hidden_size: int, *, rngs: nnx.Rngs,
-                 dtype: Any = jnp.float32, init_scheme: Any = layers.Init.DEFAULT,
+    def __init__(self, in_features: Optional[int] = None, hidden_features: Optional[int] = None,
+                 *, rngs: nnx.Rngs, input_size: Optional[int] = None,
+                 hidden_size: Optional[int] = None, dtype: Any = None,
+                 param_dtype: Any = jnp.float32, init_scheme: Any = layers.Init.DEFAULT,
                  forget_bias: float = 1.0, chrono_max_len: Optional[int] = None,
-                 **cell_options):
-        self.spec = layers.Spec(cell=self.CELL_TYPE, input_size=input_size,
-                                hidden_size=hidden_size, dtype=dtype, init=init_scheme,
-                                forget_bias=forget_bias, chrono_max_len=chrono_max_len,
+                 kernel_init: Any = None, recurrent_kernel_init: Any = None,
+                 bias_init: Any = None, carry_init: Any = None, **cell_options):
+        name = type(self).__name__
+        self.in_features = convert.hidden_size_of(name, in_features=in_features,
+                                                  input_size=input_size)
+        self.hidden_features = convert.hidden_size_of(name, hidden_features=hidden_features,
+                                                      hidden_size=hidden_size)
+        self.spec = layers.Spec(cell=self.CELL_TYPE, input_size=self.in_features,
+                                hidden_size=self.hidden_features, dtype=param_dtype,
+                                init=init_scheme, forget_bias=forget_bias,
+                                chrono_max_len=chrono_max_len,
                                 **_check_cell_options(type(self), cell_options))
-        _nnx_set(self, layers.init_cell(rngs.params(), self.spec, 0))
+        self.dtype = dtype
+        self.param_dtype = self.spec.dtype
+        self.carry_init = carry_init
+        overrides = convert.flax_initializers(self.spec, kernel_init=kernel_init,
+                                              recurrent_kernel_init=recurrent_kernel_init,
+                                              bias_init=bias_init)
+        _nnx_set(self, layers.init_cell(rngs.params(), self.spec, 0, **overrides))
 
     @property
     def params(self) -> Any:
@@ -68,16 +90,22 @@ class _NNXCell(nnx.RNNCellBase):
         return _nnx_get(self, self.spec.cell_fns.Params)
 
     def __call__(self, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
-        """One step: carry with [B, H] fields, x [B, I] -> (carry, y [B, H])."""
-        params = self.params
-        convert.check_cell_carry(self.spec, params, carry, x)
-        return self.spec.cell_fns.step(params, carry, x)
+        """One step: Flax's carry (LSTM (c, h), else a [B, H] array), x [B, I] -> (carry, y)."""
+        return convert.flax_step(self.spec, self.params, carry, x, dtype=self.dtype,
+                                 what=f"{type(self).__name__} carry")
 
     def initialize_carry(self, input_shape: tuple[int, ...], rngs: Any = None,
                          carry_init: Any = None) -> Any:
-        """Zero carry for inputs of shape `input_shape` ([B, I]); rngs and carry_init unused."""
-        del rngs, carry_init
-        return self.spec.cell_fns.zero_carry(self.params, tuple(input_shape[:-1]))
+        """Flax's carry for inputs of shape `input_shape` ([B, I]), in param_dtype: zeros, or
+        drawn by `carry_init` (this call's, else the constructor's) from `rngs` (its "carry"
+        stream), as Flax's cells draw it."""
+        carry_init = self.carry_init if carry_init is None else carry_init
+        key = None
+        if carry_init is not None and rngs is not None:
+            stream = rngs.carry if isinstance(rngs, nnx.Rngs) else rngs
+            key = stream() if isinstance(stream, nnx.RngStream) else stream
+        zero = self.spec.cell_fns.zero_carry(self.params, tuple(input_shape[:-1]))
+        return convert.initial_flax_carry(zero, key, carry_init)
 
     @property
     def num_feature_axes(self) -> int:
@@ -85,9 +113,11 @@ class _NNXCell(nnx.RNNCellBase):
 
 
 class NNXRNNCell(_NNXCell):
-    """NNX tanh-RNN cell for `nnx.RNN`: `NNXRNNCell(input_size, hidden_size, rngs=nnx.Rngs(0))`.
+    """NNX tanh-RNN cell, for `nnx.RNN` where `nnx.SimpleCell` was:
+    `NNXRNNCell(in_features, hidden_features, rngs=nnx.Rngs(0))`; carry a bare [B, H] array.
 
-    Options: dtype, init_scheme, forget_bias, chrono_max_len (as `RNNCell`). Params are
+    Options: Flax's (dtype, param_dtype, kernel_init, recurrent_kernel_init, bias_init,
+    carry_init) and ours (init_scheme, forget_bias, chrono_max_len, as `RNNCell`). Params are
     `layers.init_cell(rngs.params(), spec, 0)`, as attributes w_x, w_h, b.
     """
 
@@ -95,16 +125,17 @@ class NNXRNNCell(_NNXCell):
 
 
 class NNXLSTMCell(_NNXCell):
-    """NNX LSTM cell for `nnx.RNN`; options as `LSTMCell` (dtype, init_scheme, forget_bias,
-    chrono_max_len, proj_size). Params: `layers.init_cell(rngs.params(), spec, 0)`."""
+    """NNX LSTM cell, for `nnx.RNN` where `nnx.LSTMCell` / `nnx.OptimizedLSTMCell` was; carry
+    Flax's tuple (c, h). Options as `NNXRNNCell`, plus proj_size. Params:
+    `layers.init_cell(rngs.params(), spec, 0)`."""
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.LSTM
     CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("proj_size",)
 
 
 class NNXGRUCell(_NNXCell):
-    """NNX GRU cell for `nnx.RNN`; options as `GRUCell` (dtype, init_scheme, forget_bias,
-    chrono_max_len, gru_variant). Params: `layers.init_cell(rngs.params(), spec, 0)`."""
+    """NNX GRU cell, for `nnx.RNN` where `nnx.GRUCell` was; carry a bare [B, H] array. Options
+    as `NNXRNNCell`, plus gru_variant. Params: `layers.init_cell(rngs.params(), spec, 0)`."""
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.GRU
     CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("gru_variant",)
