@@ -329,8 +329,8 @@ def define_grid_flags(default_grid: str) -> None:
                         f"{sorted(sweeps.GRIDS)}")
     flags.DEFINE_string("root", None, "directory holding one workdir per point", required=True)
     flags.DEFINE_list("tasks", None, "only these tasks (default: the grid's)")
-    flags.DEFINE_list("cells", None, "replace the grid's cells (rnn, lstm, gru, irnn, urlstm, mingru, "
-                      "minlstm)")
+    flags.DEFINE_list("cells", None, "replace the grid's cells (rnn, lstm, gru, irnn, urlstm, "
+                      "mingru, minlstm)")
     flags.DEFINE_list("inits", None, "replace the grid's inits (default, forget_bias, chrono, "
                       "torch)")
     flags.DEFINE_list("gru_variants", None, "replace the grid's GRU variants (reset_after, "
