@@ -127,8 +127,8 @@ def test_scan_run_equals_a_python_loop_with_lengths_and_reverse(name, lengths, r
 @pytest.mark.parametrize("name", ["mingru", pytest.param("minlstm", marks=SLOW)])
 def test_parallel_path_equals_the_sequential_path_in_float32(name, key):
     """The associative scan in log space against `jax.lax.scan` over the sequential step, from
-    the zero carry, with lengths and reverse, at T = 12 with pre-activations ~ N(0, 4): values and gradients, rel <= 1e-5
-    (atol 1e-6 for entries near zero)."""
+    the zero carry, with lengths and reverse, at T = 12 with weights ~ U(-1.5, 1.5): values
+    and gradients, rel <= 1e-5 (atol 1e-6 for entries near zero)."""
     cell = CELLS[name]
     assert scan.resolve_impl(cell, "auto") is scan.Impl.PARALLEL
     p = _random_params(cell, scale=1.5)
