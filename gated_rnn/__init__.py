@@ -12,6 +12,7 @@ Modules (import the module, call its functions: `from gated_rnn import lstm; lst
   mingru, minlstm   cells linear in the state (input-only gates): parallel over time
   scan              run any cell over time (masks, reverse, unroll); fused: its fast path;
                     linear_scan: the parallel (associative, log-space) path of mingru/minlstm
+  trace             every step's carry and gates (`trace.run`), a look inside a cell
   layers            multi-layer / bidirectional stacks with dropout (Spec, Plan, init, apply);
                     the one registry from cell types to cells
   initializers      orthogonal, Lecun, forget-gate bias, chrono, PyTorch uniform
@@ -58,9 +59,9 @@ package through `scan.run`).
 """
 
 from gated_rnn import (checks, gru, initializers, interop, irnn, layers, linear_scan, lstm,
-                       mingru, minlstm, rnn, scan, urlstm)
+                       mingru, minlstm, rnn, scan, trace, urlstm)
 
 # `modules` (Flax) is imported on use: `from gated_rnn import modules`.
 __all__ = ["checks", "gru", "initializers", "interop", "irnn", "layers", "linear_scan", "lstm",
-           "mingru", "minlstm", "rnn", "scan", "urlstm"]
+           "mingru", "minlstm", "rnn", "scan", "trace", "urlstm"]
 __version__ = "0.1.0"

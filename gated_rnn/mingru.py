@@ -105,10 +105,10 @@ def log_coefficients(params: Params, xp: jax.Array) -> tuple[jax.Array, jax.Arra
 
 
 def internals(params: Params, carry: Carry, xp: jax.Array) -> dict:
-    """The step's keep gate a = 1 - z `[..., H]` (and z), for inspection."""
+    """The step's gates {z, a = keep = 1 - z}, each `[..., H]`, for `trace.run`."""
     del params, carry
     z = jax.nn.sigmoid(jnp.split(xp, NUM_GATES, axis=-1)[0])
-    return {"z": z, "a": 1.0 - z}
+    return {"z": z, "a": 1.0 - z, "keep": 1.0 - z}
 
 
 def forget_bias_init(value: float) -> initializers.Initializer:

@@ -96,10 +96,10 @@ def log_coefficients(params: Params, xp: jax.Array) -> tuple[jax.Array, jax.Arra
 
 
 def internals(params: Params, carry: Carry, xp: jax.Array) -> dict:
-    """The step's normalized gates f' (the keep gate, also as `a`) and i' `[..., H]`."""
+    """The step's normalized gates {f = a = keep, i}, each `[..., H]`, for `trace.run`."""
     del params, carry
     f, i, _ = _gates(xp)
-    return {"f": f, "i": i, "a": f}
+    return {"f": f, "i": i, "a": f, "keep": f}
 
 
 def forget_bias_init(value: float) -> initializers.Initializer:

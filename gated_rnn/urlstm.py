@@ -126,10 +126,11 @@ def step(params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
 
 
 def internals(params: Params, carry: Carry, xp: jax.Array) -> dict:
-    """The step's gates {f, r, g, c}, each `[..., H]` (g is the keep gate), for inspection."""
-    f, r, u, _ = activate(params, xp + carry.h @ params.w_h)
+    """The step's gates {f, r, g, keep = g}, each `[..., H]`, for `trace.run` (g, the effective
+    gate, is what keeps the state)."""
+    f, r, _, _ = activate(params, xp + carry.h @ params.w_h)
     g = effective_gate(f, r)
-    return {"f": f, "r": r, "g": g, "c": g * carry.c + (1.0 - g) * u}
+    return {"f": f, "r": r, "g": g, "keep": g}
 
 
 def forget_bias_init(value: float) -> None:

@@ -17,7 +17,7 @@ from flax import nnx
 from jax import enable_x64
 from jax.test_util import check_grads
 
-from gated_rnn import interop, irnn, layers, mingru, minlstm, modules, rnn, scan
+from gated_rnn import interop, irnn, layers, lstm, mingru, minlstm, modules, rnn, scan, trace
 from gated_rnn import urlstm
 from tests import helpers
 from tests import numpy_ref as ref
@@ -41,7 +41,8 @@ def _random(shape, seed, dtype=np.float32, low=-1.0, high=1.0):
 def _random_params(cell, seed=0, dtype=np.float32, scale=0.7):
     """Params with every entry random (biases and b_f too), so no term hides behind a zero."""
     shapes = jax.eval_shape(lambda: cell.init_params(jax.random.key(0), I, H))
-    return type(shapes)(**{name: _random(a.shape, seed + n, dtype, -scale, scale)
+    return type(shapes)(**{name: None if a is None else _random(a.shape, seed + n, dtype,
+                                                                -scale, scale)
                            for n, (name, a) in enumerate(shapes._asdict().items())})
 
 
@@ -334,3 +335,22 @@ def test_relu_option_reaches_the_flax_rnn_modules(key):
     nnx_cell = modules.NNXRNNCell(I, H, nonlinearity="relu", rngs=nnx.Rngs(0))
     _, y = nnx_cell(nnx_cell.initialize_carry((B, I)), xs[:, 0])
     assert float(jnp.min(y)) == 0.0  # relu: some units are exactly zero
+
+
+def test_trace_shows_each_steps_gates_and_carry():
+    """LSTM with lengths and reverse: the traced h and c are scan.run's outputs and carries,
+    and the traced f at step t is sigma of the forget block at the carry of step t - 1."""
+    p = _random_params(lstm)
+    xs = _random((B, T, I), 20, low=-2, high=2)
+    lengths = jnp.array(LENGTHS)
+    carry, seen = trace.run(lstm, p, xs, seq_lengths=lengths, reverse=True)
+    want_carry, ys = scan.run(lstm, p, xs, seq_lengths=lengths, reverse=True)
+    assert set(seen) == {"i", "f", "g", "o", "keep", "h", "c"}
+    helpers.assert_trees_close((carry, seen["h"]), (want_carry, ys), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(seen["keep"], seen["f"])
+    # Reverse: sequence 0 (length 6) reads x[5] first, then x[4] with the carry after x[5].
+    z = xs[0, 4] @ p.w_x + p.b + seen["h"][0, 5] @ p.w_h
+    np.testing.assert_allclose(seen["f"][0, 4], jax.nn.sigmoid(z[H:2 * H]), rtol=1e-5)
+    assert not np.any(seen["f"][1, 2:]) and not np.any(seen["f"][2])  # past each length
+    with pytest.raises(ValueError, match="has no internals"):
+        trace.run(rnn, _random_params(rnn), xs)
