@@ -103,7 +103,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _parse_configs(values: list[str]) -> list[tuple[int, int, int]]:
-    nums = [int(v) for v in values]
+    nums = [int(v) for v in ",".join(values).split(",")]
     if not nums or len(nums) % 3:
         raise ValueError(f"--configs: expected B,H,T triples, got {values}")
     return [tuple(nums[i:i + 3]) for i in range(0, len(nums), 3)]
