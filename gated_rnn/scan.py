@@ -18,7 +18,8 @@ Implementations (`impl`, all pinned against a Python loop over `cell.step`): FUS
 gradients outside the reverse loop, optional remat and bfloat16 matmuls) is what AUTO picks for
 rnn, lstm and the reset-after GRU; SCAN (`jax.lax.scan` over `cell.recur`, differentiated by
 JAX, optional remat via `jax.checkpoint`) for the rest; PARALLEL (`gated_rnn.linear_scan`: a
-log-depth associative scan) is what AUTO picks for cells linear in the state (mingru, minlstm);
+log-depth associative scan) for cells linear in the state (mingru, minlstm), what AUTO picks for
+them on an accelerator (on CPU it measured ~3x slower than their SCAN: README "Performance");
 CUDNN (`gated_rnn.cudnn`) is an opt-in
 LSTM path for GPUs. README "Performance" has the measurements.
 """
@@ -83,7 +84,7 @@ def mask_from_lengths(seq_lengths: jax.Array, num_steps: int) -> jax.Array:
 class Impl(enum.Enum):
     """How `run` executes the loop. All give the same numbers (tests pin each against a loop)."""
 
-    AUTO = "auto"    # PARALLEL or FUSED where the cell supports it, else SCAN
+    AUTO = "auto"    # FUSED where the cell supports it; PARALLEL off CPU; else SCAN
     SCAN = "scan"    # `jax.lax.scan` over `cell.recur`, differentiated by JAX
     FUSED = "fused"  # `gated_rnn.fused`: chunked projection, custom VJP, optional remat
     CUDNN = "cudnn"  # `gated_rnn.cudnn`: LSTM on a GPU via cuDNN (opt-in; untested on a GPU)
@@ -94,8 +95,8 @@ def resolve_impl(cell: Any, impl: Impl | str) -> Impl:
     """The concrete implementation (not AUTO) `run` uses for `cell`; raises for a bad one."""
     impl = checks.enum_value(Impl, impl, "impl")
     if impl is Impl.AUTO:
-        if linear_scan.supports(cell):
-            return Impl.PARALLEL
+        if linear_scan.supports(cell) and jax.default_backend() != "cpu":
+            return Impl.PARALLEL  # on CPU the sequential scan is ~3x faster (README, measured)
         return Impl.FUSED if fused.supports(cell) else Impl.SCAN
     if impl is Impl.PARALLEL and not linear_scan.supports(cell):
         raise ValueError(f"impl='parallel' needs a cell linear in its state (log_coefficients: "

@@ -103,7 +103,7 @@ RUN_CASES = [pytest.param(name, LENGTHS, True, id=f"{name}-lengths-reverse",
 
 @pytest.mark.parametrize("name, lengths, reverse", RUN_CASES)
 def test_scan_run_equals_a_python_loop_with_lengths_and_reverse(name, lengths, reverse, key):
-    """Every implementation `scan.run` offers the cell (fused / parallel, and scan), values and
+    """Every implementation `scan.run` offers the cell (fused or parallel, and scan), values and
     gradients (of params, inputs and the initial carry) against a loop over `cell.step`."""
     cell = CELLS[name]
     p = _random_params(cell)
@@ -116,7 +116,9 @@ def test_scan_run_equals_a_python_loop_with_lengths_and_reverse(name, lengths, r
 
     (_, want), want_grads = jax.jit(jax.value_and_grad(loop_loss, (0, 1, 2), has_aux=True))(
         p, xs, carry)
-    for impl in {scan.resolve_impl(cell, "auto"), scan.Impl.SCAN}:
+    impls = {scan.resolve_impl(cell, "auto"), scan.Impl.SCAN}
+    impls |= {scan.Impl.PARALLEL} if name in ("mingru", "minlstm") else set()
+    for impl in impls:
         (_, got), grads = jax.jit(jax.value_and_grad(
             lambda p, xs, c: _loss(cell, impl, p, xs, c, lengths, reverse), (0, 1, 2),
             has_aux=True))(p, xs, carry)
@@ -131,7 +133,8 @@ def test_parallel_path_equals_the_sequential_path_in_float32(name, key):
     the zero carry, with lengths and reverse, at T = 12 with weights ~ U(-1.5, 1.5): values
     and gradients, rel <= 1e-5 (atol 1e-6 for entries near zero)."""
     cell = CELLS[name]
-    assert scan.resolve_impl(cell, "auto") is scan.Impl.PARALLEL
+    want_auto = scan.Impl.SCAN if jax.default_backend() == "cpu" else scan.Impl.PARALLEL
+    assert scan.resolve_impl(cell, "auto") is want_auto
     p = _random_params(cell, scale=1.5)
     xs = _random((B, 12, I), 20, low=-2, high=2)
 
@@ -282,8 +285,8 @@ LINEN = {"irnn": (modules.IRNNCell, modules.IRNN, modules.NNXIRNN),
 
 def test_nnx_min_gru_stack_equals_a_loop_over_its_layers():
     """The cheap default sibling of the two slow tests above and below: an NNX stack (2 layers,
-    bidirectional, lengths) against `scan.run` per layer and direction with the sequential
-    step."""
+    bidirectional, lengths; the sequential path on CPU) against `scan.run` per layer and
+    direction on the parallel path."""
     xs = _random((B, T, I), 20, low=-2, high=2)
     model = modules.NNXMinGRU(I, H, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
     assert model.spec == layers.Spec("mingru", I, H, num_layers=2, bidirectional=True)
@@ -291,7 +294,7 @@ def test_nnx_min_gru_stack_equals_a_loop_over_its_layers():
     x = xs
     for layer in model.params:
         x = jnp.concatenate([scan.run(mingru, p, x, seq_lengths=lengths, reverse=d == 1,
-                                      impl="scan")[1] for d, p in enumerate(layer)], axis=-1)
+                                      impl="parallel")[1] for d, p in enumerate(layer)], axis=-1)
     helpers.assert_trees_close(model(xs, seq_lengths=lengths)[0], x, rtol=1e-5, atol=1e-6)
 
 
@@ -354,3 +357,15 @@ def test_trace_shows_each_steps_gates_and_carry():
     assert not np.any(seen["f"][1, 2:]) and not np.any(seen["f"][2])  # past each length
     with pytest.raises(ValueError, match="has no internals"):
         trace.run(rnn, _random_params(rnn), xs)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_new_cells_carry_the_whole_protocol(name):
+    from tests.test_protocol import PROTOCOL
+    cell = CELLS[name]
+    for attr in PROTOCOL:
+        assert hasattr(cell, attr), attr
+    assert sum(cell.BLOCKS) == cell.NUM_GATES
+    assert set(cell.INITIALIZERS) <= set(cell.init_params.__code__.co_varnames)
+    assert (getattr(cell, "log_coefficients", None) is None) == (name not in ("mingru",
+                                                                               "minlstm"))
