@@ -9,7 +9,7 @@
 `validate(config)` raises `ValueError` with ONE line that names the flag as the user types it
 (`--config.train.learning_rate`), the value received and what is allowed, e.g.
 
-    --config.model.cell: unknown value 'lstn'; valid: 'gru', 'lstm', 'rnn'
+    --config.model.cell: unknown value 'lstn'; valid: 'gru', 'irnn', 'lstm', 'mingru', ...
 
 `experiments/main.py` exits 2 with that line (nothing written). Checks: sizes, lengths, counts
 and step intervals >= 1 (seed >= 0); unknown task, task option, cell, GRU variant, initializer,
