@@ -266,8 +266,9 @@ def pyplot():
     return plt
 
 
-_COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
-_MORE_COLORS = ("tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+_COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green", "irnn": "tab:orange",
+           "urlstm": "tab:purple", "mingru": "tab:olive", "minlstm": "tab:cyan"}
+_MORE_COLORS = ("tab:brown", "tab:pink", "tab:gray")
 _LINES = {"default": "-", "forget_bias": "--", "chrono": ":", "torch": "-."}
 _MARKERS = {"default": "o", "forget_bias": "s", "chrono": "^", "torch": "v"}
 

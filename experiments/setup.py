@@ -9,7 +9,7 @@
 `validate(config)` raises `ValueError` with ONE line that names the flag as the user types it
 (`--config.train.learning_rate`), the value received and what is allowed, e.g.
 
-    --config.model.cell: unknown value 'lstn'; valid: 'gru', 'lstm', 'rnn'
+    --config.model.cell: unknown value 'lstn'; valid: 'gru', 'irnn', 'lstm', 'mingru', ...
 
 `experiments/main.py` exits 2 with that line (nothing written). Checks: sizes, lengths, counts
 and step intervals >= 1 (seed in [0, 2**32 - num_seeds]: seeds are uint32 keys); unknown task,
@@ -235,11 +235,12 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
 def _check_contradictions(config: ml_collections.ConfigDict) -> None:
     """Values that are valid alone but not together."""
     m, t = config.model, config.train
-    if m.cell == "rnn" and m.init == "chrono":
-        # forget_bias stays allowed for rnn (documented as the default init there; sweeps
+    if m.cell in ("rnn", "irnn", "urlstm") and m.init == "chrono":
+        # forget_bias stays allowed for these (documented as the default init there; sweeps
         # cross it with every cell), chrono is only ever asked for by mistake.
-        _fail("model.init", m.init, "has no effect for cell 'rnn' (no gates); use 'default', "
-                                    "'forget_bias' or 'torch' for rnn")
+        why = "UGI is its own forget-gate init" if m.cell == "urlstm" else "no gates"
+        _fail("model.init", m.init, f"has no effect for cell {m.cell!r} ({why}); use "
+                                    f"'default', 'forget_bias' or 'torch' for {m.cell}")
     if m.cell != "gru" and m.gru_variant != "reset_after":
         _fail("model.gru_variant", m.gru_variant, f"only applies to cell 'gru' (cell is "
                                                   f"{m.cell!r}): leave it 'reset_after'")

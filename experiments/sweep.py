@@ -59,7 +59,8 @@ from gated_rnn import gru, layers
 POINT_FILE = "sweep_point.json"
 
 # Inits that change nothing for a cell: such a point runs as the cell's default init, once.
-_NO_OP_INITS = {"rnn": {"forget_bias", "chrono"}}
+_NO_OP_INITS = {"rnn": {"forget_bias", "chrono"}, "irnn": {"forget_bias", "chrono"},
+                "urlstm": {"forget_bias", "chrono"}}  # no gate bias to set / UGI is its own
 
 
 class Point(NamedTuple):
@@ -357,7 +358,8 @@ def define_grid_flags(default_grid: str) -> None:
                         f"{sorted(sweeps.GRIDS)}")
     flags.DEFINE_string("root", None, "directory holding one workdir per point", required=True)
     flags.DEFINE_list("tasks", None, "only these tasks (default: the grid's)")
-    flags.DEFINE_list("cells", None, "replace the grid's cells (rnn, lstm, gru)")
+    flags.DEFINE_list("cells", None, "replace the grid's cells (rnn, lstm, gru, irnn, urlstm, "
+                      "mingru, minlstm)")
     flags.DEFINE_list("inits", None, "replace the grid's inits (default, forget_bias, chrono, "
                       "torch)")
     flags.DEFINE_list("gru_variants", None, "replace the grid's GRU variants (reset_after, "

@@ -1,12 +1,18 @@
-"""gated_rnn: functional LSTM, GRU and tanh-RNN cells in JAX, exact against PyTorch.
+"""gated_rnn: functional LSTM, GRU and RNN cells in JAX, exact against PyTorch, and the cells
+they are compared with (IRNN, UR-LSTM, minGRU, minLSTM).
 
 Dimension legend used in every docstring:
   B batch, T time, I input size, H hidden size, P projected output size (LSTM proj_size),
-  O output size, G number of gates (RNN 1, GRU 3, LSTM 4).
+  O output size, G number of gates (RNN 1, GRU 3, LSTM 4; irnn 1, urlstm 4, mingru 2,
+  minlstm 3).
 
 Modules (import the module, call its functions: `from gated_rnn import lstm; lstm.step`):
   rnn, lstm, gru    cells: Params, Carry, init_params, init_carry, project, recur, step
-  scan              run any cell over time (masks, reverse, unroll); fused: its fast path
+  irnn, urlstm      more cells: ReLU RNN with identity init; LSTM with UGI and a refine gate
+  mingru, minlstm   cells linear in the state (input-only gates): parallel over time
+  scan              run any cell over time (masks, reverse, unroll); fused: its fast path;
+                    linear_scan: the parallel (associative, log-space) path of mingru/minlstm
+  trace             every step's carry and gates (`trace.run`), a look inside a cell
   layers            multi-layer / bidirectional stacks with dropout (Spec, Plan, init, apply);
                     the one registry from cell types to cells
   initializers      orthogonal, Lecun, forget-gate bias, chrono, PyTorch uniform
@@ -21,7 +27,8 @@ module of `gated_rnn.modules` (`modules.LSTMCell`, ...) that wraps a cell.
 The cell protocol: what `scan`, `fused`, `layers`, `modules` and `interop` read off a cell (they
 never ask which cell it is):
   Params, Carry            NamedTuples. Params has w_x [I, G*H], w_h [P, G*H], b [G*H] (the
-                           fused path and interop read these three); Carry has h [..., P].
+                           fused path and interop read these three; a cell with neither, as
+                           mingru, may lack w_h); Carry has h [..., P].
   init_params(key, input_size, hidden_size, *, dtype, <INITIALIZERS>) -> Params
   init_carry(batch_shape, hidden_size, *, dtype) -> Carry
   zero_carry(params, batch_shape) -> Carry
@@ -51,8 +58,10 @@ registry `layers._CELLS` (and its tests; `tests/test_protocol.py` runs a cell de
 package through `scan.run`).
 """
 
-from gated_rnn import checks, gru, initializers, interop, layers, lstm, rnn, scan
+from gated_rnn import (checks, gru, initializers, interop, irnn, layers, linear_scan, lstm,
+                       mingru, minlstm, rnn, scan, trace, urlstm)
 
 # `modules` (Flax) is imported on use: `from gated_rnn import modules`.
-__all__ = ["checks", "gru", "initializers", "interop", "layers", "lstm", "rnn", "scan"]
+__all__ = ["checks", "gru", "initializers", "interop", "irnn", "layers", "linear_scan", "lstm",
+           "mingru", "minlstm", "rnn", "scan", "trace", "urlstm"]
 __version__ = "0.1.0"

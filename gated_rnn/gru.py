@@ -151,6 +151,23 @@ def step(params: Params, carry: Carry, x: jax.Array, *,
     return recur(params, carry, project(params, x), variant=variant)
 
 
+def internals(params: Params, carry: Carry, xp: jax.Array, *,
+              variant: Variant = Variant.RESET_AFTER) -> dict:
+    """The step's gates {r, z, n, keep}, each `[..., H]`, for `trace.run`: n is the candidate
+    (RESET_BEFORE's h~), keep the weight of the old state (z, or 1 - z for RESET_BEFORE)."""
+    hidden = carry.h.shape[-1]
+    x_r, x_z, x_n = jnp.split(xp, NUM_GATES, axis=-1)
+    h_r, h_z = jnp.split(carry.h @ params.w_h[:, :2 * hidden], 2, axis=-1)
+    r = jax.nn.sigmoid(x_r + h_r)
+    z = jax.nn.sigmoid(x_z + h_z)
+    b_hn = checks.lift(params.b_hn, carry.h.ndim)
+    if variant is Variant.RESET_AFTER:
+        n = jnp.tanh(x_n + r * (carry.h @ params.w_h[:, 2 * hidden:] + b_hn))
+    else:
+        n = jnp.tanh(x_n + (r * carry.h) @ params.w_h[:, 2 * hidden:] + b_hn)
+    return {"r": r, "z": z, "n": n, "keep": z if variant is Variant.RESET_AFTER else 1.0 - z}
+
+
 def flip_update_gate(params: Params) -> Params:
     """Converts params between the two update-gate sign conventions (an involution).
 
@@ -220,6 +237,9 @@ class Cell:
 
     def step(self, params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
         return step(params, carry, x, variant=self.variant)
+
+    def internals(self, params: Params, carry: Carry, xp: jax.Array) -> dict:
+        return internals(params, carry, xp, variant=self.variant)
 
     def forget_bias_init(self, value: float) -> initializers.Initializer:
         return forget_bias_init(value, variant=self.variant)

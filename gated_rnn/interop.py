@@ -33,9 +33,12 @@ Final states: PyTorch's `h_n` / `c_n` are `[num_layers * directions, B, P or H]`
 `layer * directions + direction`; `carry_from_torch` / `carry_to_torch` map them to and from
 `layers.apply`'s `final_carries[layer][direction]` (and its `initial_carry`).
 
-What has no PyTorch counterpart raises ValueError: a GRU with `gru_variant="reset_before"`.
-`nn.RNN` must use `nonlinearity="tanh"` (its default); a state dict does not record it, so
-`spec_from_torch` of an `nn.RNN`'s bare state dict needs `nonlinearity="tanh"` (a module says it).
+What has no PyTorch counterpart raises ValueError: a GRU with `gru_variant="reset_before"`, and
+the urlstm, mingru and minlstm cells. `nn.RNN(nonlinearity="relu")` is
+`Spec(cell="rnn", nonlinearity="relu")` (or `cell="irnn"`, the same cell with identity init). A
+state dict does not record the nonlinearity: a ReLU RNN's weights load silently into a tanh
+spec and compute something else, so the spec must say it; `spec_from_torch` reads it off a
+module's `mode` and asks for `nonlinearity="tanh"` or `"relu"` with a bare `nn.RNN` state dict.
 A `bias=False` module has no bias keys: `load_torch` gives it zero biases (which then train like
 any other parameter), and `to_torch(..., like=sd)` leaves them out again while they are zero.
 """
@@ -58,9 +61,10 @@ def _check_spec(spec: layers.Spec, fn: str) -> None:
         raise ValueError(f"interop.{fn}: spec must be a layers.Spec, got {type(spec).__name__}")
     if spec.cell_fns.TORCH_NAME is None:
         raise ValueError(
-            f"interop.{fn}: cell={spec.cell.value!r} with gru_variant={spec.gru_variant.value!r} "
-            f"has no PyTorch counterpart (nn.RNN, nn.LSTM and nn.GRU compute our rnn, lstm and "
-            f"reset-after gru: n = tanh(W_n x + b_in + r * (U_n h + b_hn)))")
+            f"interop.{fn}: cell={spec.cell.value!r}"
+            + (f" with gru_variant={spec.gru_variant.value!r}" if spec.cell.value == "gru" else "")
+            + " has no PyTorch counterpart (nn.RNN, nn.LSTM and nn.GRU compute our rnn / irnn, "
+            "lstm and reset-after gru: n = tanh(W_n x + b_in + r * (U_n h + b_hn)))")
     if spec.dtype.kind != "f":
         raise ValueError(f"interop.{fn}: spec.dtype must be floating, got {spec.dtype.name}")
 
@@ -176,13 +180,13 @@ def spec_from_torch(module_or_state_dict: Any, *, prefix: str = "",
       module_or_state_dict: the module, or its `state_dict()` (or a mapping of the same keys to
         arrays).
       prefix: the RNN's key prefix in a whole model's state dict (e.g. "rnn."); "" for none.
-      nonlinearity: for an `nn.RNN`'s bare state dict, which does not record it: "tanh" (the
-        only one here). Not needed for a module or an LSTM / GRU.
+      nonlinearity: for an `nn.RNN`'s bare state dict, which does not record it: "tanh" or
+        "relu". Not needed for a module (its `mode` says it) or an LSTM / GRU.
       dtype: the params' dtype; None takes the weights' dtype.
 
     Raises:
       ValueError: if the keys are not an RNN's (naming a prefix to pass, if one fits), the
-        shapes disagree, or the module has no counterpart here (a ReLU `nn.RNN`).
+        shapes disagree, or a bare `nn.RNN` state dict comes without `nonlinearity`.
     """
     fn = "spec_from_torch"
     module = None if isinstance(module_or_state_dict, Mapping) else module_or_state_dict
@@ -206,26 +210,28 @@ def spec_from_torch(module_or_state_dict: Any, *, prefix: str = "",
     cell = _NUM_GATES[gates]
     mode = getattr(module, "mode", None)
     if mode is not None:  # nn.LSTM / nn.GRU / nn.RNN: "LSTM", "GRU", "RNN_TANH", "RNN_RELU"
-        if mode == "RNN_RELU":
-            raise ValueError(f"interop.{fn}: nn.RNN(nonlinearity='relu') has no counterpart "
-                             f"here (the rnn cell is tanh)")
-        if checks.enum_value(layers.CellType, mode, "mode") is not cell:
+        from_mode = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}.get(mode)
+        if checks.enum_value(layers.CellType, "rnn" if from_mode else mode, "mode") is not cell:
             raise ValueError(f"interop.{fn}: the module's mode {mode!r} disagrees with its "
                              f"weights ({gates} gate blocks)")
-    elif cell is layers.CellType.RNN and nonlinearity != "tanh":
+        if nonlinearity is not None and nonlinearity != from_mode:
+            raise ValueError(f"interop.{fn}: nonlinearity={nonlinearity!r} disagrees with the "
+                             f"module's mode {mode!r}")
+        nonlinearity = from_mode
+    elif cell is layers.CellType.RNN and nonlinearity not in ("tanh", "relu"):
         raise ValueError(
-            f"interop.{fn}: a 1-gate (nn.RNN) state dict does not record its nonlinearity, "
-            + ("and 'relu' has no counterpart here (the rnn cell is tanh)"
-               if nonlinearity == "relu" else
-               "tanh or relu: pass the module, or nonlinearity='tanh' if it is tanh "
-               "(PyTorch's default; the only one here)"))
-    if mode is not None and nonlinearity is not None and nonlinearity != "tanh":
-        raise ValueError(f"interop.{fn}: nonlinearity={nonlinearity!r}: only 'tanh' exists here")
+            f"interop.{fn}: a 1-gate (nn.RNN) state dict does not record its nonlinearity "
+            f"(tanh or relu; got nonlinearity={nonlinearity!r}): pass the module, or "
+            f"nonlinearity='tanh' (PyTorch's default) or 'relu'")
+    elif cell is not layers.CellType.RNN and nonlinearity is not None:
+        raise ValueError(f"interop.{fn}: nonlinearity={nonlinearity!r} is for an nn.RNN; these "
+                         f"weights are a {cell.value}'s ({gates} gate blocks)")
+    extra = {"nonlinearity": nonlinearity} if cell is layers.CellType.RNN else {}
     return layers.Spec(cell=cell, input_size=w_ih[1], hidden_size=hidden,
                        num_layers=max(layer_ids) + 1,
                        bidirectional="weight_ih_l0_reverse" in sd,
                        dropout=float(getattr(module, "dropout", 0.0) or 0.0),
-                       proj_size=proj[0] if proj else 0,
+                       proj_size=proj[0] if proj else 0, **extra,
                        dtype=_dtype_of(sd["weight_ih_l0"]) if dtype is None else dtype)
 
 

@@ -30,19 +30,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gated_rnn import checks, gru, initializers, lstm, rnn, scan
+from gated_rnn import (checks, gru, initializers, irnn, lstm, mingru, minlstm, rnn, scan,
+                       urlstm)
 
 
 class CellType(enum.Enum):
     """The name of a cell (`Spec.cell`); `_CELLS` maps it to the cell.
 
     Names are read case-insensitively, so PyTorch's spellings work: "LSTM", "GRU", "RNN" and its
-    mode name "RNN_TANH" (there is no ReLU RNN here).
+    mode name "RNN_TANH" (PyTorch's "RNN_RELU" is `cell="rnn", nonlinearity="relu"`).
     """
 
     RNN = "rnn"
     LSTM = "lstm"
     GRU = "gru"
+    IRNN = "irnn"
+    URLSTM = "urlstm"
+    MINGRU = "mingru"
+    MINLSTM = "minlstm"
 
     @classmethod
     def _missing_(cls, value):
@@ -56,9 +61,13 @@ class CellType(enum.Enum):
 # The one registry: cell type -> the cell the spec names (a module or object with the protocol's
 # names). A new cell: its module, a CellType member, and its line here.
 _CELLS: dict[CellType, Callable[[Spec], Any]] = {
-    CellType.RNN: lambda spec: rnn,
+    CellType.RNN: lambda spec: rnn.cell(spec.nonlinearity),
     CellType.LSTM: lambda spec: lstm,
     CellType.GRU: lambda spec: gru.cell(spec.gru_variant),
+    CellType.IRNN: lambda spec: irnn,
+    CellType.URLSTM: lambda spec: urlstm,
+    CellType.MINGRU: lambda spec: mingru,
+    CellType.MINLSTM: lambda spec: minlstm,
 }
 
 
@@ -93,6 +102,7 @@ class Spec:
     bidirectional: bool = False
     dropout: float = 0.0
     gru_variant: gru.Variant = gru.Variant.RESET_AFTER
+    nonlinearity: rnn.Nonlinearity = rnn.Nonlinearity.TANH  # cell="rnn" only: "tanh" or "relu"
     init: Init = Init.DEFAULT
     forget_bias: float = 1.0
     chrono_max_len: Optional[int] = None
@@ -103,6 +113,11 @@ class Spec:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         set_("cell", checks.enum_value(CellType, self.cell, "cell"))
         set_("gru_variant", checks.enum_value(gru.Variant, self.gru_variant, "gru_variant"))
+        set_("nonlinearity", checks.enum_value(rnn.Nonlinearity, self.nonlinearity,
+                                               "nonlinearity"))
+        if self.nonlinearity is not rnn.Nonlinearity.TANH and self.cell is not CellType.RNN:
+            raise ValueError(f"nonlinearity={self.nonlinearity.value!r}: only cell='rnn' takes "
+                             f"one; got cell={self.cell.value!r}")
         set_("init", checks.enum_value(Init, self.init, "init"))
         set_("dtype", checks.check_float_dtype(self.dtype, "dtype"))
         for name in ("input_size", "hidden_size", "num_layers"):
@@ -210,9 +225,9 @@ def init_kwargs(spec: Spec) -> dict:
     if spec.init is Init.TORCH:
         u = initializers.torch_default(spec.hidden_size)
         return {name: u for name in cell.INITIALIZERS}
-    kwargs = dict(kernel_init=initializers.lecun_normal(),
-                  recurrent_init=initializers.orthogonal_gates(cell.NUM_GATES),
-                  bias_init=initializers.zeros)
+    # DEFAULT: the cell's own defaults (rnn, lstm, gru: Lecun-normal W, orthogonal U per gate,
+    # zero b; irnn: identity U; urlstm: UGI forget bias).
+    kwargs = {}
     bias_init = None
     if spec.init is Init.FORGET_BIAS:
         bias_init = cell.forget_bias_init(spec.forget_bias)

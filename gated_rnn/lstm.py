@@ -129,6 +129,12 @@ def step(params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
     return recur(params, carry, project(params, x))
 
 
+def internals(params: Params, carry: Carry, xp: jax.Array) -> dict:
+    """The step's gates {i, f, g, o, keep = f}, each `[..., H]`, for `trace.run`."""
+    i, f, g, o = activate(xp + carry.h @ params.w_h)
+    return {"i": i, "f": f, "g": g, "o": o, "keep": f}
+
+
 def forget_bias_init(value: float) -> initializers.Initializer:
     """Bias `[4H]` with the forget gate at `value` (`layers.Init.FORGET_BIAS`)."""
     return initializers.forget_gate_bias(value)

@@ -17,7 +17,10 @@ Implementations (`impl`, all pinned against a Python loop over `cell.step`): FUS
 (`gated_rnn.fused`: gate blocks, chunked projection, a custom VJP with the weight
 gradients outside the reverse loop, optional remat and bfloat16 matmuls) is what AUTO picks for
 rnn, lstm and the reset-after GRU; SCAN (`jax.lax.scan` over `cell.recur`, differentiated by
-JAX, optional remat via `jax.checkpoint`) for the rest; CUDNN (`gated_rnn.cudnn`) is an opt-in
+JAX, optional remat via `jax.checkpoint`) for the rest; PARALLEL (`gated_rnn.linear_scan`: a
+log-depth associative scan) for cells linear in the state (mingru, minlstm), what AUTO picks for
+them on an accelerator (on CPU it measured ~3x slower than their SCAN: README "Performance");
+CUDNN (`gated_rnn.cudnn`) is an opt-in
 LSTM path for GPUs. README "Performance" has the measurements.
 """
 
@@ -30,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gated_rnn import checks, cudnn, fused
+from gated_rnn import checks, cudnn, fused, linear_scan
 
 
 def _concrete(x) -> np.ndarray | None:
@@ -125,10 +128,11 @@ def mask_from_lengths(seq_lengths: jax.Array, num_steps: int) -> jax.Array:
 class Impl(enum.Enum):
     """How `run` executes the loop. All give the same numbers (tests pin each against a loop)."""
 
-    AUTO = "auto"    # FUSED where the cell supports it (see `fused.supports`), else SCAN
+    AUTO = "auto"    # FUSED where the cell supports it; PARALLEL off CPU; else SCAN
     SCAN = "scan"    # `jax.lax.scan` over `cell.recur`, differentiated by JAX
     FUSED = "fused"  # `gated_rnn.fused`: chunked projection, custom VJP, optional remat
     CUDNN = "cudnn"  # `gated_rnn.cudnn`: LSTM on a GPU via cuDNN (opt-in; untested on a GPU)
+    PARALLEL = "parallel"  # `gated_rnn.linear_scan`: associative scan (mingru, minlstm)
 
 
 def _name(cell: Any) -> str:
@@ -140,7 +144,12 @@ def resolve_impl(cell: Any, impl: Impl | str) -> Impl:
     """The concrete implementation (not AUTO) `run` uses for `cell`; raises for a bad one."""
     impl = checks.enum_value(Impl, impl, "impl")
     if impl is Impl.AUTO:
+        if linear_scan.supports(cell) and jax.default_backend() != "cpu":
+            return Impl.PARALLEL  # on CPU the sequential scan is ~3x faster (README, measured)
         return Impl.FUSED if fused.supports(cell) else Impl.SCAN
+    if impl is Impl.PARALLEL and not linear_scan.supports(cell):
+        raise ValueError(f"impl='parallel' needs a cell linear in its state (log_coefficients: "
+                         f"mingru, minlstm); got {cell!r}. Use impl='scan'.")
     if impl is Impl.FUSED and not fused.supports(cell):
         raise ValueError(f"impl='fused' needs a cell with an update(params, carry, xp, hz) split "
                          f"(rnn, lstm, gru reset_after); got {cell!r}. Use impl='scan'.")
@@ -240,7 +249,11 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
         carry, ys = cudnn.run(params, xs_BxTxI, carry, lengths)
         ys = reverse_padded(ys, lengths) if reverse else ys
         return carry, jnp.swapaxes(ys, 0, 1) if time_major else ys
-    if impl is Impl.FUSED:
+    if impl is Impl.PARALLEL:  # remat, chunk_size and unroll concern step loops: none here
+        carry, ys_TxBxH = linear_scan.run(
+            cell, params, jnp.asarray(xs) if time_major else jnp.swapaxes(xs, 0, 1), carry,
+            seq_lengths, reverse=scan_reverse)
+    elif impl is Impl.FUSED:
         carry, ys_TxBxH = fused.run(cell, params,
                                     jnp.asarray(xs) if time_major else jnp.swapaxes(xs, 0, 1),
                                     carry, mask, reverse=scan_reverse, unroll=unroll,

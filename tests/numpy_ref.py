@@ -54,3 +54,43 @@ def run(step, state, xs, length=None, reverse=False):
         state = step(state, xs[t])
         ys[t] = state[0]
     return state, ys
+
+
+def relu_rnn_step(p, h, x):
+    """nn.RNN(nonlinearity="relu") and the IRNN (Le et al. 2015): h' = relu(W x + U h + b)."""
+    return np.maximum(x @ p["w_x"] + h @ p["w_h"] + p["b"], 0.0)
+
+
+def urlstm_step(p, h, c, x):
+    """UR-LSTM (Gu et al. 2020; REFERENCE.md §8), gates f, r, u, o and the shared b_f."""
+    H = p["w_h"].shape[0]
+    W, U, b = p["w_x"], p["w_h"], p["b"]
+    pre = lambda k: x @ W[:, k * H:(k + 1) * H] + h @ U[:, k * H:(k + 1) * H] + b[k * H:(k + 1) * H]  # noqa: E731
+    f = sigmoid(pre(0) + p["b_f"])
+    r = sigmoid(pre(1) - p["b_f"])
+    u = np.tanh(pre(2))
+    o = sigmoid(pre(3))
+    g = r * (1 - (1 - f) ** 2) + (1 - r) * f ** 2
+    c = g * c + (1 - g) * u
+    return o * np.tanh(c), c
+
+
+def _g(v):
+    """Feng et al. 2024: g(v) = v + 0.5 for v >= 0, sigmoid(v) below."""
+    return np.where(v >= 0, v + 0.5, sigmoid(v))
+
+
+def mingru_step(p, h, x):
+    """minGRU (Feng et al. 2024), blocks z, h~: h' = (1 - z) h + z g(W_h x + b_h)."""
+    H = p["b"].shape[0] // 2
+    k = x @ p["w_x"] + p["b"]
+    z = sigmoid(k[..., :H])
+    return (1 - z) * h + z * _g(k[..., H:])
+
+
+def minlstm_step(p, h, x):
+    """minLSTM (Feng et al. 2024), blocks f, i, h~: h' = f/(f+i) h + i/(f+i) g(W_h x + b_h)."""
+    H = p["b"].shape[0] // 3
+    k = x @ p["w_x"] + p["b"]
+    f, i = sigmoid(k[..., :H]), sigmoid(k[..., H:2 * H])
+    return f / (f + i) * h + i / (f + i) * _g(k[..., 2 * H:])

@@ -585,8 +585,8 @@ def test_live_spec_from_torch_reads_the_module():
         "LSTM", 3, 6, num_layers=3, bidirectional=True, proj_size=2, dropout=0.25,
         dtype="float64")
     assert interop.spec_from_torch(torch.nn.RNN(2, 4)).cell is layers.CellType.RNN
-    with pytest.raises(ValueError, match=r"nonlinearity='relu'\) has no counterpart"):
-        interop.spec_from_torch(torch.nn.RNN(2, 4, nonlinearity="relu"))
+    assert interop.spec_from_torch(torch.nn.RNN(2, 4, nonlinearity="relu")).nonlinearity \
+        is rnn.Nonlinearity.RELU
     # bias=False: zero biases in, no bias keys out (while they stay zero).
     gru_module = torch.nn.GRU(2, 4, bias=False)
     spec, params = interop.load_torch(gru_module)
@@ -624,8 +624,11 @@ def test_spec_from_torch_refusals_say_what_to_do():
     with pytest.raises(ValueError, match=r"does not record its nonlinearity.*"
                                          r"nonlinearity='tanh'"):
         interop.spec_from_torch(sd)
-    with pytest.raises(ValueError, match=r"'relu' has no counterpart"):
-        interop.spec_from_torch(sd, nonlinearity="relu")
+    assert interop.spec_from_torch(sd, nonlinearity="relu") == layers.Spec(
+        "rnn", 3, 4, nonlinearity="relu")
+    with pytest.raises(ValueError, match=r"nonlinearity='tanh' is for an nn.RNN"):
+        interop.spec_from_torch(interop.to_torch(_random_params(SPEC), SPEC),
+                                nonlinearity="tanh")
     with pytest.raises(ValueError, match=r"weight_hh_l0 \(8, 4\) has 2 gate blocks"):
         interop.spec_from_torch({**sd, "weight_hh_l0": np.zeros((8, 4))})
     with pytest.raises(ValueError, match="state_dict must be a mapping.*or a module"):

@@ -36,7 +36,8 @@ BAD = [
     ("copy", {"train.log_every": 0}, r"^--config\.train\.log_every: .*>= 1, got 0$"),
     ("copy", {"eval.seq_lens": (10, 0)}, r"^--config\.eval\.seq_lens: .*integers >= 1.*\(10, 0\)"),
     ("copy", {"model.cell": "lstn"},
-     r"^--config\.model\.cell: unknown value 'lstn'; valid: 'gru', 'lstm', 'rnn'$"),
+     r"^--config\.model\.cell: unknown value 'lstn'; valid: 'gru', 'irnn', 'lstm', 'mingru', "
+     r"'minlstm', 'rnn', 'urlstm'$"),
     ("copy", {"model.init": "xavier"},
      r"^--config\.model\.init: unknown value 'xavier'; valid: 'chrono', 'default', "
      r"'forget_bias', 'torch'$"),

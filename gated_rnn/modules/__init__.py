@@ -5,9 +5,10 @@ A wrapper only holds params and calls the functional code; the equations live in
 `from gated_rnn import modules; modules.LSTMCell`.
 
   linen     `RNNCell`, `LSTMCell`, `GRUCell` (for `nn.RNN` / `nn.Bidirectional`) and the stacks
-            `RNN`, `LSTM`, `GRU` over `layers.apply`
+            `RNN`, `LSTM`, `GRU` over `layers.apply`; likewise `IRNNCell`, `URLSTMCell`,
+            `MinGRUCell`, `MinLSTMCell` and `IRNN`, `URLSTM`, `MinGRU`, `MinLSTM`
   nnx       `NNXRNNCell`, `NNXLSTMCell`, `NNXGRUCell` (for `nnx.RNN` / `nnx.Bidirectional`) and
-            the stacks `NNXRNN`, `NNXLSTM`, `NNXGRU`
+            the stacks `NNXRNN`, `NNXLSTM`, `NNXGRU`; likewise `NNXIRNNCell`, ..., `NNXMinLSTM`
   convert   `to_flax` / `from_flax`: functional params <-> the modules' param trees;
             `to_flax_cell` / `from_flax_cell`: Flax's own cells' params (nn.LSTMCell,
             OptimizedLSTMCell, GRUCell, SimpleCell; linen and NNX) <-> functional params
@@ -29,10 +30,17 @@ the GRU and the RNN (`to_flax_carry` converts a functional Carry). The stacks co
 
 from gated_rnn.modules.convert import (from_flax, from_flax_cell, to_flax, to_flax_carry,
                                        to_flax_cell)
-from gated_rnn.modules.linen import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
-from gated_rnn.modules.nnx import (NNXGRU, NNXLSTM, NNXRNN, NNXGRUCell, NNXLSTMCell,
-                                   NNXRNNCell)
+from gated_rnn.modules.linen import (GRU, IRNN, LSTM, RNN, URLSTM, GRUCell, IRNNCell, LSTMCell,
+                                     MinGRU, MinGRUCell, MinLSTM, MinLSTMCell, RNNCell,
+                                     URLSTMCell)
+from gated_rnn.modules.nnx import (NNXGRU, NNXIRNN, NNXLSTM, NNXRNN, NNXURLSTM, NNXGRUCell,
+                                   NNXIRNNCell, NNXLSTMCell, NNXMinGRU, NNXMinGRUCell,
+                                   NNXMinLSTM, NNXMinLSTMCell, NNXRNNCell, NNXURLSTMCell)
 
 __all__ = ["from_flax", "to_flax", "from_flax_cell", "to_flax_cell", "to_flax_carry",
            "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU",
-           "NNXRNNCell", "NNXLSTMCell", "NNXGRUCell", "NNXRNN", "NNXLSTM", "NNXGRU"]
+           "NNXRNNCell", "NNXLSTMCell", "NNXGRUCell", "NNXRNN", "NNXLSTM", "NNXGRU",
+           "IRNNCell", "URLSTMCell", "MinGRUCell", "MinLSTMCell",
+           "IRNN", "URLSTM", "MinGRU", "MinLSTM",
+           "NNXIRNNCell", "NNXURLSTMCell", "NNXMinGRUCell", "NNXMinLSTMCell",
+           "NNXIRNN", "NNXURLSTM", "NNXMinGRU", "NNXMinLSTM"]

@@ -134,9 +134,15 @@ class RNNCell(_LinenCell):
       forget_bias, chrono_max_len: as in `layers.Spec` (unused by the RNN).
       kernel_init, recurrent_kernel_init, bias_init, carry_init: Flax initializers, or None
         for the scheme's (zeros for the carry).
+      nonlinearity: "tanh" (default) or "relu" (PyTorch's `nn.RNN(nonlinearity=...)`).
     """
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
+    nonlinearity: Any = layers.Spec.nonlinearity
+
+    @nn.nowrap
+    def _cell_options(self) -> dict:
+        return {"nonlinearity": self.nonlinearity}
 
 
 class LSTMCell(_LinenCell):
@@ -258,9 +264,15 @@ class _LinenStack(nn.Module):
 class RNN(_LinenStack):
     """Linen tanh-RNN stack, like `torch.nn.RNN`. Attributes: the `layers.Spec` fields, with
     `init_scheme` for `init` (input_size is read off the input), `unroll`, and `time_major`
-    (inputs and outputs [T, B, ...], PyTorch's default layout)."""
+    (inputs and outputs [T, B, ...], PyTorch's default layout), and `nonlinearity` ("tanh",
+    "relu")."""
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
+    nonlinearity: Any = layers.Spec.nonlinearity
+
+    @nn.nowrap
+    def _cell_options(self) -> dict:
+        return {"nonlinearity": self.nonlinearity}
 
 
 class LSTM(_LinenStack):
@@ -291,3 +303,55 @@ class GRU(_LinenStack):
     @nn.nowrap
     def _cell_options(self) -> dict:
         return {"gru_variant": self.gru_variant}
+
+
+# The cells added later (issue 13): a linen cell for `nn.RNN` and a stack each, with the common
+# attributes only (see `RNNCell` / `RNN`); the equations are in their modules.
+
+
+class IRNNCell(_LinenCell):
+    """Linen IRNN cell (`irnn`: ReLU RNN, identity recurrent init) for `nn.RNN`."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.IRNN
+
+
+class URLSTMCell(_LinenCell):
+    """Linen UR-LSTM cell (`urlstm`) for `nn.RNN`. Params: w_x, w_h, b (f, r, u, o), b_f."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.URLSTM
+
+
+class MinGRUCell(_LinenCell):
+    """Linen minGRU cell (`mingru`, the sequential step) for `nn.RNN`. Params: w_x, b."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINGRU
+
+
+class MinLSTMCell(_LinenCell):
+    """Linen minLSTM cell (`minlstm`, the sequential step) for `nn.RNN`. Params: w_x, b."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINLSTM
+
+
+class IRNN(_LinenStack):
+    """Linen IRNN stack (attributes as `RNN`, without nonlinearity)."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.IRNN
+
+
+class URLSTM(_LinenStack):
+    """Linen UR-LSTM stack (attributes as `RNN`, without nonlinearity)."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.URLSTM
+
+
+class MinGRU(_LinenStack):
+    """Linen minGRU stack: the parallel scan (`linear_scan`) per layer."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINGRU
+
+
+class MinLSTM(_LinenStack):
+    """Linen minLSTM stack: the parallel scan (`linear_scan`) per layer."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINLSTM

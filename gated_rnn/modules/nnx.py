@@ -117,11 +117,12 @@ class NNXRNNCell(_NNXCell):
     `NNXRNNCell(in_features, hidden_features, rngs=nnx.Rngs(0))`; carry a bare [B, H] array.
 
     Options: Flax's (dtype, param_dtype, kernel_init, recurrent_kernel_init, bias_init,
-    carry_init) and ours (init_scheme, forget_bias, chrono_max_len, as `RNNCell`). Params are
-    `layers.init_cell(rngs.params(), spec, 0)`, as attributes w_x, w_h, b.
+    carry_init) and ours (init_scheme, forget_bias, chrono_max_len, nonlinearity, as `RNNCell`).
+    Params are `layers.init_cell(rngs.params(), spec, 0)`, as attributes w_x, w_h, b.
     """
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
+    CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("nonlinearity",)
 
 
 class NNXLSTMCell(_NNXCell):
@@ -214,9 +215,11 @@ class NNXRNN(_NNXStack):
     Options: the `layers.Spec` fields (with `init_scheme` for `init`), `unroll`, `deterministic`
     and `time_major` (inputs and outputs [T, B, ...], PyTorch's default layout).
     Params: `layers.init(rngs.params(), spec)`, under "layer0_fwd", "layer0_bwd", ...
+    Option `nonlinearity`: "tanh" (default) or "relu".
     """
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.RNN
+    CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("nonlinearity",)
 
 
 class NNXLSTM(_NNXStack):
@@ -231,3 +234,55 @@ class NNXGRU(_NNXStack):
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.GRU
     CELL_OPTIONS: ClassVar[tuple[str, ...]] = ("gru_variant",)
+
+
+# The cells added later (issue 13): an NNX cell for `nnx.RNN` and a stack each, with the common
+# options only; the equations are in their modules.
+
+
+class NNXIRNNCell(_NNXCell):
+    """NNX IRNN cell (`irnn`: ReLU RNN, identity recurrent init) for `nnx.RNN`."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.IRNN
+
+
+class NNXURLSTMCell(_NNXCell):
+    """NNX UR-LSTM cell (`urlstm`) for `nnx.RNN`."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.URLSTM
+
+
+class NNXMinGRUCell(_NNXCell):
+    """NNX minGRU cell (`mingru`, the sequential step) for `nnx.RNN`."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINGRU
+
+
+class NNXMinLSTMCell(_NNXCell):
+    """NNX minLSTM cell (`minlstm`, the sequential step) for `nnx.RNN`."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINLSTM
+
+
+class NNXIRNN(_NNXStack):
+    """NNX IRNN stack; options as `NNXRNN` without nonlinearity."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.IRNN
+
+
+class NNXURLSTM(_NNXStack):
+    """NNX UR-LSTM stack; options as `NNXRNN` without nonlinearity."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.URLSTM
+
+
+class NNXMinGRU(_NNXStack):
+    """NNX minGRU stack (the parallel scan per layer); options as `NNXIRNN`."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINGRU
+
+
+class NNXMinLSTM(_NNXStack):
+    """NNX minLSTM stack (the parallel scan per layer); options as `NNXIRNN`."""
+
+    CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINLSTM
