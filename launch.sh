@@ -45,7 +45,9 @@ case "$cmd" in
     ;;
   test)
     setup test
-    run "$PY" -m pytest -q "$@"
+    # One pytest worker per core (pytest-xdist), a test file per worker at a time: the tests are
+    # compile-bound and single-threaded, and a file's module fixtures stay in one process.
+    run "$PY" -m pytest -q -n "${GATED_RNN_TEST_WORKERS:-auto}" --dist loadfile "$@"
     ;;
   run)
     setup core
