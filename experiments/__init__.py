@@ -6,9 +6,11 @@ Modules (imports point down this list; tests/test_experiments.py keeps it comple
   main        flags -> train.train_and_evaluate(config, workdir); exit codes
   horizon     adaptive length search per (task, cell, init) over sweep points -> horizon.json
   sweep       grid -> one run per point -> report (+ probe); `run_point` / `run_points`
+  timescales  forget-gate timescales per unit of trained runs -> timescales.json / .png
   probe       gradient flow over time of trained runs (uses report's plotting helpers)
   report      every result.json under a sweep root -> results.csv, summary.md, plots
   train       state, train_step, eval_step, evaluate, train_and_evaluate (reads the Setup)
+  resources   does a run fit in memory: an estimate checked before anything is compiled
   setup       config -> typed, hashable Setup, validated once: the only reader of config fields
   model       encoded inputs -> gated_rnn.layers stack -> linear readout
   tasks       copy, adding: data + loss + metrics (`tasks.TASKS`)

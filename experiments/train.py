@@ -103,6 +103,17 @@ def _compiled(setup: setup_lib.Setup) -> setup_lib.Setup:
     return setup._replace(run=None)
 
 
+def _keyed_without_run(jitted):
+    """`jitted(setup, ...)` called with `_compiled(setup)`; keeps jit's `lower`, `clear_cache`
+    and `_cache_size` (tests and benchmarks use them)."""
+    @functools.wraps(jitted)
+    def call(setup, *args):
+        return jitted(_compiled(setup), *args)
+    call.lower = lambda setup, *args: jitted.lower(_compiled(setup), *args)
+    call.clear_cache, call._cache_size = jitted.clear_cache, jitted._cache_size
+    return call
+
+
 def _seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     root = jax.random.key(seed)
     return tuple(jax.random.fold_in(root, i) for i in range(3))
@@ -162,6 +173,8 @@ def train_step_one(setup: setup_lib.Setup, state: TrainState, batch: tasks.Batch
     return state._replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
+@_keyed_without_run
+@functools.partial(jax.jit, static_argnums=0)
 def train_step(setup: setup_lib.Setup, state: TrainState,
                batch: tasks.Batch) -> tuple[TrainState, dict]:
     """One optimizer step of every seed.
@@ -175,12 +188,6 @@ def train_step(setup: setup_lib.Setup, state: TrainState,
       (new state, metrics {name: [S]}): the task's metrics on this batch (before the update)
       and the gradient's global norm.
     """
-    return _train_step(_compiled(setup), state, batch)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _train_step(setup: setup_lib.Setup, state: TrainState,
-                batch: tasks.Batch) -> tuple[TrainState, dict]:
     step_one = functools.partial(train_step_one, setup)
     if setup.layout is not None:
         return parallel.sharded_step(setup.layout, step_one)(state, batch)
@@ -192,29 +199,23 @@ def _sample_one(task: tasks.Task, batch_size: int, key_data: jax.Array, index: j
     return task.sample(key, batch_size)
 
 
+@_keyed_without_run
+@functools.partial(jax.jit, static_argnums=0)
 def sample_batch(setup: setup_lib.Setup, state: TrainState) -> tasks.Batch:
     """The training batch of step `state.step` of every seed: inputs [S, B, T, I]."""
-    return _sample_batch(_compiled(setup), state)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _sample_batch(setup: setup_lib.Setup, state: TrainState) -> tasks.Batch:
     sample = functools.partial(_sample_one, setup.task, setup.batch_size)
     batch = jax.vmap(sample)(state.data_key, state.step)
     # Sharded: XLA splits the sampling over the devices (partitionable threefry: same values).
     return batch if setup.layout is None else parallel.constrain_batch(setup.layout, batch)
 
 
+@_keyed_without_run
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def eval_step(setup: setup_lib.Setup, task: tasks.Task, params: Any, eval_key: jax.Array) -> dict:
     """Metrics {name: [S]} of every seed on its fixed eval batch of `task`.
 
     The eval batch is drawn from fold_in(eval_key, task.seq_len), the same at every call.
     """
-    return _eval_step(_compiled(setup), task, params, eval_key)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _eval_step(setup: setup_lib.Setup, task: tasks.Task, params: Any, eval_key: jax.Array) -> dict:
     def one(params, key_data):
         batch = _sample_one(task, setup.eval_batch_size, key_data, task.seq_len)
         outputs = model_lib.apply(setup.model, params, batch.inputs)

@@ -16,6 +16,9 @@ def test_flop_model():
     assert bench.flops("train", "gru", 2, 3, 5) == 2 * 2 * 5 * 3 * 3 * (2 * 3 + 3 * 3)
 
 
+# Slow: every benchmark row against Flax and PyTorch (the FLOP count above stays in the
+# default run).
+@pytest.mark.slow
 def test_tiny_run_produces_every_row(tmp_path):
     results = bench.run(configs=[(2, 8, 6)], cells=["gru"], variants=["remat", "dp"],
                         peers=["flax"], repeats=1, memory_config=(2, 8, 6), long_steps=12,

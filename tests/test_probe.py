@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax import enable_x64
 
 from experiments import model as model_lib
@@ -133,6 +134,9 @@ def test_input_gradients_match_finite_differences_of_each_sequence_loss(key):
     assert norms.shape == (3, 6) and np.all(norms[:, 0] > 0)
 
 
+# Slow: a sweep point trained through the CLI (the finite-difference tests above stay in the
+# default run).
+@pytest.mark.slow
 def test_sweep_point_then_probe_end_to_end(tmp_path):
     """A smoke-size point through the real trainer (then skipped when rerun), then probed."""
     grid = sweep.resolve_grid("smoke", tasks_=["adding"], cells=["lstm"], seq_lens=[10],

@@ -50,6 +50,9 @@ def _assert_states_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+# Slow: kill -9 trials in subprocesses (the in-process resume tests of test_train.py and
+# test_checkpoint.py stay in the default run).
+@pytest.mark.slow
 def test_fault_injection_three_kills(reference, tmp_path):
     """SIGKILL 3 times (every second kill while a save is in flight); rerun until done."""
     done = fault_injection.inject(str(tmp_path), kills=3, seed=0, steps=STEPS, timeout=240,

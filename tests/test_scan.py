@@ -202,7 +202,7 @@ def test_errors_name_shapes(key):
         scan.run(cell, p, jnp.zeros((2, 4, I)), carry=lstm.init_carry((3,), H))
 
 
-@hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
+@hypothesis.settings(max_examples=10, deadline=None, derandomize=True)
 @hypothesis.given(
     name=st.sampled_from(["rnn", "lstm", "gru", "gru_before"]),
     batch=st.integers(1, 4), steps=st.integers(1, 6), reverse=st.booleans(),

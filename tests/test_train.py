@@ -221,9 +221,9 @@ def test_resume_is_bitwise_equal_to_uninterrupted(smoke_run, tmp_path, monkeypat
     assert not os.path.exists(os.path.join(workdir, "result.json"))
     monkeypatch.setattr(train, "train_step", original)
 
-    compiled = train._train_step._cache_size()
+    compiled = train.train_step._cache_size()
     state = train.train_and_evaluate(config, workdir)
-    assert train._train_step._cache_size() == compiled  # a restored state reuses the compile
+    assert train.train_step._cache_size() == compiled  # a restored state reuses the compile
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert _without_timing(_rows(workdir)) == _without_timing(_rows(ref_dir))  # no duplicates
@@ -261,22 +261,22 @@ def test_train_step_compiles_once():
     """The state train_step returns has the types of the one it takes: no retrace on call 2."""
     setup = setup_lib.build(helpers.smoke_config("copy"))
     state = train.create_train_state(setup, seed=0, num_seeds=2)
-    before = train._train_step._cache_size()
+    before = train.train_step._cache_size()
     state, _ = train.train_step(setup, state, train.sample_batch(setup, state))
-    after_first, sampled = train._train_step._cache_size(), train._sample_batch._cache_size()
+    after_first, sampled = train.train_step._cache_size(), train.sample_batch._cache_size()
     for _ in range(2):
         state, _ = train.train_step(setup, state, train.sample_batch(setup, state))
     jax.block_until_ready(state)
     assert after_first <= before + 1
-    assert train._train_step._cache_size() == after_first
-    assert train._sample_batch._cache_size() == sampled
+    assert train.train_step._cache_size() == after_first
+    assert train.sample_batch._cache_size() == sampled
     # Another seed, budget and intervals: the loop's options are not part of the compiled step.
     other = setup_lib.build(helpers.smoke_config("copy", seed=7, **{
         "train.steps": 60, "train.eval_every": 30, "train.stop_when_solved": True}))
     assert other != setup
     train.train_step(other, state, train.sample_batch(other, state))
-    assert train._train_step._cache_size() == after_first
-    assert train._sample_batch._cache_size() == sampled
+    assert train.train_step._cache_size() == after_first
+    assert train.sample_batch._cache_size() == sampled
 
 
 def test_nan_stops_with_step_and_saves_nothing(tmp_path, monkeypatch):
