@@ -98,8 +98,8 @@ class Skipped(NamedTuple):
 # Restore.
 
 def _check_restored(restored: Any, target: Any, step: int) -> None:
-    """Raises ValueError unless `restored` has target's structure, shapes, dtypes, the step number
-    of its directory and only finite floating-point values."""
+    """Raises ValueError unless `restored` has target's structure, shapes, dtypes and the step
+    number of its directory."""
     got, want = jax.tree.structure(restored), jax.tree.structure(target)
     if got != want:
         raise ValueError(f"structure {got} != expected {want}")
@@ -108,11 +108,17 @@ def _check_restored(restored: Any, target: Any, step: int) -> None:
         name = jax.tree_util.keystr(path[0])
         if a.shape != b.shape or a.dtype != b.dtype:
             raise ValueError(f"{name}: {a.shape} {a.dtype} != expected {b.shape} {b.dtype}")
-        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(np.asarray(a)).all():
-            raise ValueError(f"{name}: non-finite values")
     stored = np.asarray(restored.step)
     if not (stored == step).all():
         raise ValueError(f"stored step {stored.tolist()} != directory step {step}")
+
+
+def _check_finite(restored: Any) -> None:
+    """Raises ValueError naming the first array with a NaN or inf (after the checksums: a step
+    saved before checksums existed, or damaged where they cannot see, still fails here)."""
+    for path, a in jax.tree_util.tree_flatten_with_path(restored)[0]:
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(np.asarray(a)).all():
+            raise ValueError(f"{jax.tree_util.keystr(path)}: non-finite values")
 
 
 def checksums(state: Any) -> Optional[dict[str, str]]:
@@ -188,7 +194,8 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
         try:
             restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
             _check_restored(restored, target, step)
-            _check_checksums(restored, workdir, step)
+            _check_checksums(restored, workdir, step)  # the precise diagnosis first
+            _check_finite(restored)
         except Exception as e:  # noqa: BLE001 - any failure means: use an earlier step
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
             moved = _move_aside(directory, step, workdir)

@@ -32,9 +32,18 @@ WORKER = os.path.join(HERE, "parallel_worker.py")
 TIMEOUT_S = 240
 
 
+def _xla_flags(devices=None):
+    """This process's XLA_FLAGS (conftest's optimization level) without a device count, plus
+    `devices` CPU devices if given: the flags of a worker process."""
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+            if "xla_force_host_platform_device_count" not in f]
+    if devices is not None:
+        kept.append(f"--xla_force_host_platform_device_count={devices}")
+    return " ".join(kept)
+
+
 def _env(devices):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=_xla_flags(devices))
     env.pop("GATED_RNN_REGEN_GOLDEN", None)
     return env
 
@@ -169,8 +178,7 @@ def test_cpu_device_count(monkeypatch):
 
 def test_command_line_uses_one_cpu_device_per_core(tmp_path):
     """`python -m experiments.main` on a CPU: the batch split over `parallel.cpu_devices`."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=_xla_flags())
     env.pop("JAX_NUM_CPU_DEVICES", None)
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.main", "--config=experiments/configs/copy.py:smoke",
