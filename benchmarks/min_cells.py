@@ -8,10 +8,11 @@ For each (B, H, T) (I = H, one layer), each implementation is jitted and compile
 repeats run them interleaved (each timed call right after an untimed one, as
 `benchmarks.bench`), and the table shows medians. A training step is forward +
 backward of the mean of all outputs, gradients for all params (as `benchmarks.bench`).
-Implementations: `lstm` and `gru` (reset-after) on their default path (fused), `mingru` and
-`minlstm` on the parallel path (`[parallel]`: `gated_rnn.linear_scan`, a log-depth associative
-scan in log space), and `mingru[scan]`, the same cell on the sequential `jax.lax.scan` path, to
-separate what the cell saves (no recurrent matmul) from what the parallel scan saves.
+Implementations: `lstm` and `gru` (reset-after) on their default path (fused); `mingru` and
+`minlstm` on their two linear-scan paths (`gated_rnn.linear_scan`, the gates for all steps at
+once): `[fused]`, a multiply-add loop (AUTO on CPU), and `[parallel]`, the log-depth associative
+scan (AUTO on accelerators); and `mingru[scan]`, the same cell's step under `jax.lax.scan`, to
+separate what the cell saves (no recurrent matmul) from what each path saves.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["32,128,1000", "32,128,10000"],
                   "B,H,T triples (I = H), separated by commas between triples too.")
-flags.DEFINE_list("impls", ["lstm", "gru", "mingru[parallel]", "minlstm[parallel]",
-                            "mingru[scan]"],
+flags.DEFINE_list("impls", ["lstm", "gru", "mingru[fused]", "minlstm[fused]",
+                            "mingru[parallel]", "minlstm[parallel]", "mingru[scan]"],
                   "cell or cell[impl] (impl: a scan.Impl value); the first is the reference.")
 flags.DEFINE_list("repeats", ["5", "3"], "timed repeats per config (one value, or one per "
                   "config); the median is reported.")

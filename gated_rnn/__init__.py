@@ -11,7 +11,7 @@ Modules (import the module, call its functions: `from gated_rnn import lstm; lst
   irnn, urlstm      more cells: ReLU RNN with identity init; LSTM with UGI and a refine gate
   mingru, minlstm   cells linear in the state (input-only gates): parallel over time
   scan              run any cell over time (masks, reverse, unroll); fused: its fast path;
-                    linear_scan: the parallel (associative, log-space) path of mingru/minlstm
+                    linear_scan: mingru/minlstm's multiply-add loop and associative scan
   trace             every step's carry and gates (`trace.run`), a look inside a cell
   layers            multi-layer / bidirectional stacks with dropout (Spec, Plan, init, apply);
                     the one registry from cell types to cells
@@ -40,6 +40,10 @@ never ask which cell it is):
                            step from the column blocks of xp and of hz = carry.h @ w_h; or None
                            if the step has no such split. With it `scan.run` can take the fused
                            path (`fused.supports`); without, the plain scan.
+  coefficients             optional: (params, xp) -> (a, b), each [..., H], for a step linear
+                           in the state, h' = a * h + b; with it `scan.run` takes
+                           `linear_scan`'s paths (fused: a multiply-add loop; parallel).
+  internals                optional: (params, carry, xp) -> {gate name: [..., H]}, for `trace`.
   BLOCKS                   the column blocks `update` takes, in units of H (sum = G).
   UPDATE_READS_SUM         True if `update` reads each block pair only as xp + hz.
   INITIALIZERS             the initializer keywords of `init_params` (`layers.Init.TORCH` sets

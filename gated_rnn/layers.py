@@ -200,7 +200,8 @@ class Plan:
 
 
 def _matmul_dtype_error(plan: Plan, impl: scan.Impl, cell: str = "") -> ValueError:
-    return ValueError(f"matmul_dtype={plan.matmul_dtype.name!r} needs the fused implementation; "
+    return ValueError(f"matmul_dtype={plan.matmul_dtype.name!r} needs the fused implementation "
+                      f"of a cell with a recurrent matmul; "
                       f"got impl={impl.value!r}" + (f" for cell {cell!r}" if cell else ""))
 
 
@@ -210,7 +211,8 @@ def check_plan(spec: Spec, plan: Plan) -> None:
     if not isinstance(plan, Plan):
         raise ValueError(f"plan: expected a layers.Plan, got {type(plan).__name__}")
     impl = scan.resolve_impl(spec.cell_fns, plan.impl)
-    if plan.matmul_dtype is not None and impl is not scan.Impl.FUSED:
+    if plan.matmul_dtype is not None and (impl is not scan.Impl.FUSED
+                                          or scan.linear_scan.supports(spec.cell_fns)):
         raise _matmul_dtype_error(plan, plan.impl, spec.cell.value)
 
 

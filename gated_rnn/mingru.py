@@ -5,11 +5,12 @@ whose gate and candidate read the input only, so a layer is a linear recurrence 
     h~ = g(W_h x + b_h)                   g(v) = v + 1/2 if v >= 0 else sigma(v)   (g > 0)
     h' = (1 - z) * h + z * h~  =  a * h + b,   a = 1 - z,  b = z * h~
 
-With a and b known for every step up front, `scan.run` takes the parallel path
-(`gated_rnn.linear_scan`, a log-depth `jax.lax.associative_scan`) and computes it in log space
-as the paper does: log a = -softplus(k_z), log b = -softplus(-k_z) + log g(k_h). `recur`/`step`
-are the sequential form (the paper's inference mode), `impl="scan"`; the two agree to float32
-rounding (tests/test_new_cells.py).
+With a and b known for every step up front (`coefficients`), `scan.run` computes them in one
+vectorized pass and runs the recurrence as a multiply-add loop (`impl="fused"`, AUTO on CPU) or
+a log-depth `jax.lax.associative_scan` (`impl="parallel"`, AUTO on accelerators): both in
+`gated_rnn.linear_scan`, in linear space (why not the paper's log space: there).
+`recur`/`step` are the sequential form (the paper's inference mode), `impl="scan"`; the three
+agree to float32 rounding (tests/test_new_cells.py).
 
 The paper's g keeps the state positive, which its log-space scan needs; here the initial state
 enters linearly (`linear_scan`), so any carry works, and the zero carry is h = 0 (the paper feeds
@@ -32,7 +33,7 @@ from gated_rnn import checks, initializers
 NUM_GATES = 2
 BLOCKS = (1, 1)
 UPDATE_READS_SUM = False
-update = None  # no recurrent matmul to fuse: `log_coefficients` gives the parallel path
+update = None  # no recurrent matmul to fuse: `coefficients` gives the linear-scan paths
 INITIALIZERS = ("kernel_init", "bias_init")
 SUPPORTS_PROJ = False
 TORCH_NAME = None
@@ -51,11 +52,6 @@ class Carry(NamedTuple):
 def g(v: jax.Array) -> jax.Array:
     """The paper's positive activation: v + 1/2 for v >= 0, sigma(v) below (continuous at 0)."""
     return jnp.where(v >= 0, v + 0.5, jax.nn.sigmoid(v))
-
-
-def log_g(v: jax.Array) -> jax.Array:
-    """log g(v), computed without forming g (the paper's `log_g`)."""
-    return jnp.where(v >= 0, jnp.log(jax.nn.relu(v) + 0.5), -jax.nn.softplus(-v))
 
 
 def init_params(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32,
@@ -97,11 +93,12 @@ def step(params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
     return recur(params, carry, project(params, x))
 
 
-def log_coefficients(params: Params, xp: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(log a, log b), each `[..., H]`, with h' = a h + b, from xp `[..., 2H]` (log space)."""
+def coefficients(params: Params, xp: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(a, b), each `[..., H]`, with h' = a h + b, from xp `[..., 2H]`: a = 1 - z, b = z g(k_h)."""
     del params
     k_z, k_h = jnp.split(xp, NUM_GATES, axis=-1)
-    return -jax.nn.softplus(k_z), -jax.nn.softplus(-k_z) + log_g(k_h)
+    z = jax.nn.sigmoid(k_z)
+    return 1.0 - z, z * g(k_h)
 
 
 def internals(params: Params, carry: Carry, xp: jax.Array) -> dict:

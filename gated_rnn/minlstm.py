@@ -5,9 +5,9 @@ LSTM whose gates and candidate read the input only, with normalized gates.
     f' = f / (f + i)          i' = i / (f + i)          (the paper's length-independent scaling)
     h' = f' * h + i' * h~  =  a * h + b,   a = f',  b = i' * h~
 
-As `mingru`: the parallel path (`gated_rnn.linear_scan`) in log space, as the paper does:
-d = softplus(-k_f) - softplus(-k_i), log f' = -softplus(d), log i' = -softplus(-d),
-log b = log i' + log g(k_h); `recur`/`step` are the sequential form. The zero carry is h = 0.
+As `mingru`: `coefficients` (a = f', b = i' h~) give the linear-scan paths of `scan.run`
+(`gated_rnn.linear_scan`: a multiply-add loop, or the associative scan); `recur`/`step` are the
+sequential form. The zero carry is h = 0.
 
 Layout: `w_x: [I, 3H]`, `b: [3H]` in the order f, i, h~. No recurrent kernel, no fused path, no
 PyTorch counterpart.
@@ -21,13 +21,13 @@ import jax
 import jax.numpy as jnp
 
 from gated_rnn import checks, initializers
-from gated_rnn.mingru import g, log_g
+from gated_rnn.mingru import g
 
 # What the rest of the library reads about this cell (the protocol: `gated_rnn/__init__.py`).
 NUM_GATES = 3
 BLOCKS = (1, 1, 1)
 UPDATE_READS_SUM = False
-update = None  # no recurrent matmul to fuse: `log_coefficients` gives the parallel path
+update = None  # no recurrent matmul to fuse: `coefficients` gives the linear-scan paths
 INITIALIZERS = ("kernel_init", "bias_init")
 SUPPORTS_PROJ = False
 TORCH_NAME = None
@@ -87,12 +87,11 @@ def step(params: Params, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
     return recur(params, carry, project(params, x))
 
 
-def log_coefficients(params: Params, xp: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(log a, log b), each `[..., H]`, with h' = a h + b, from xp `[..., 3H]` (log space)."""
+def coefficients(params: Params, xp: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(a, b), each `[..., H]`, with h' = a h + b, from xp `[..., 3H]`: a = f', b = i' g(k_h)."""
     del params
-    k_f, k_i, k_h = jnp.split(xp, NUM_GATES, axis=-1)
-    d = jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
-    return -jax.nn.softplus(d), -jax.nn.softplus(-d) + log_g(k_h)
+    f, i, k_h = _gates(xp)
+    return f, i * g(k_h)
 
 
 def internals(params: Params, carry: Carry, xp: jax.Array) -> dict:

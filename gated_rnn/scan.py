@@ -17,11 +17,11 @@ Implementations (`impl`, all pinned against a Python loop over `cell.step`): FUS
 (`gated_rnn.fused`: gate blocks, chunked projection, a custom VJP with the weight
 gradients outside the reverse loop, optional remat and bfloat16 matmuls) is what AUTO picks for
 rnn, lstm and the reset-after GRU; SCAN (`jax.lax.scan` over `cell.recur`, differentiated by
-JAX, optional remat via `jax.checkpoint`) for the rest; PARALLEL (`gated_rnn.linear_scan`: a
-log-depth associative scan) for cells linear in the state (mingru, minlstm), what AUTO picks for
-them on an accelerator (on CPU it measured ~3x slower than their SCAN: README "Performance");
-CUDNN (`gated_rnn.cudnn`) is an opt-in
-LSTM path for GPUs. README "Performance" has the measurements.
+JAX, optional remat via `jax.checkpoint`) for the rest. Cells linear in the state (mingru,
+minlstm) have two paths in `gated_rnn.linear_scan`, both with the step's coefficients computed
+for all T at once: FUSED, a multiply-add loop (AUTO on CPU), and PARALLEL, a log-depth
+associative scan (AUTO on accelerators; on CPU it costs more than the loop: README
+"Performance"). CUDNN (`gated_rnn.cudnn`) is an opt-in LSTM path for GPUs.
 """
 
 from __future__ import annotations
@@ -128,9 +128,10 @@ def mask_from_lengths(seq_lengths: jax.Array, num_steps: int) -> jax.Array:
 class Impl(enum.Enum):
     """How `run` executes the loop. All give the same numbers (tests pin each against a loop)."""
 
-    AUTO = "auto"    # FUSED where the cell supports it; PARALLEL off CPU; else SCAN
+    AUTO = "auto"    # FUSED where the cell supports it (PARALLEL for linear cells off CPU); SCAN
     SCAN = "scan"    # `jax.lax.scan` over `cell.recur`, differentiated by JAX
-    FUSED = "fused"  # `gated_rnn.fused`: chunked projection, custom VJP, optional remat
+    FUSED = "fused"  # the cell's fast loop: `gated_rnn.fused` (chunked projection, custom VJP,
+    #                  optional remat), or for linear cells `linear_scan`'s multiply-add loop
     CUDNN = "cudnn"  # `gated_rnn.cudnn`: LSTM on a GPU via cuDNN (opt-in; untested on a GPU)
     PARALLEL = "parallel"  # `gated_rnn.linear_scan`: associative scan (mingru, minlstm)
 
@@ -145,14 +146,15 @@ def resolve_impl(cell: Any, impl: Impl | str) -> Impl:
     impl = checks.enum_value(Impl, impl, "impl")
     if impl is Impl.AUTO:
         if linear_scan.supports(cell) and jax.default_backend() != "cpu":
-            return Impl.PARALLEL  # on CPU the sequential scan is ~3x faster (README, measured)
-        return Impl.FUSED if fused.supports(cell) else Impl.SCAN
+            return Impl.PARALLEL  # on CPU the multiply-add loop is faster (README, measured)
+        return Impl.FUSED if fused.supports(cell) or linear_scan.supports(cell) else Impl.SCAN
     if impl is Impl.PARALLEL and not linear_scan.supports(cell):
-        raise ValueError(f"impl='parallel' needs a cell linear in its state (log_coefficients: "
+        raise ValueError(f"impl='parallel' needs a cell linear in its state (coefficients: "
                          f"mingru, minlstm); got {cell!r}. Use impl='scan'.")
-    if impl is Impl.FUSED and not fused.supports(cell):
+    if impl is Impl.FUSED and not (fused.supports(cell) or linear_scan.supports(cell)):
         raise ValueError(f"impl='fused' needs a cell with an update(params, carry, xp, hz) split "
-                         f"(rnn, lstm, gru reset_after); got {cell!r}. Use impl='scan'.")
+                         f"(rnn, lstm, gru reset_after) or one linear in its state (mingru, "
+                         f"minlstm); got {cell!r}. Use impl='scan'.")
     return impl
 
 
@@ -212,16 +214,17 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
     if forward_mode and impl is Impl.AUTO and matmul_dtype is None:
         impl = Impl.SCAN  # the fused path has a custom VJP only, which JAX cannot jvp
     impl = resolve_impl(cell, impl)
-    if forward_mode and impl is not Impl.SCAN:
+    linear = impl in (Impl.FUSED, Impl.PARALLEL) and linear_scan.supports(cell)  # plain JAX
+    if forward_mode and impl is not Impl.SCAN and not linear:
         raise ValueError(f"forward-mode autodiff (jax.jvp, jacfwd) needs impl='scan' "
                          f"(layers.Plan(impl='scan')); impl={impl.value!r} has a custom VJP only")
     if impl is Impl.CUDNN:
         cudnn.check(cell, params)
         if remat or chunk_size is not None or matmul_dtype is not None or unroll != 1:
             raise ValueError("impl='cudnn' takes none of remat, chunk_size, matmul_dtype, unroll")
-    if impl is not Impl.FUSED and matmul_dtype is not None:
-        raise ValueError(f"matmul_dtype={matmul_dtype.name!r} needs impl='fused' "
-                         f"(got {impl.value!r})")
+    if (impl is not Impl.FUSED or linear) and matmul_dtype is not None:
+        raise ValueError(f"matmul_dtype={matmul_dtype.name!r} needs impl='fused' on a cell with "
+                         f"a recurrent matmul (got {impl.value!r} for {_name(cell)})")
     num_steps, batch = np.shape(xs)[:2] if time_major else np.shape(xs)[1::-1]
     jax.eval_shape(cell.project, params, xs)  # the cell's input checks
     expected = jax.eval_shape(lambda: cell.zero_carry(params, (batch,)))
@@ -240,7 +243,7 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
 
     scan_reverse = reverse and mask is None
     if num_steps == 0:
-        impl = Impl.SCAN
+        impl, linear = Impl.SCAN, False
     if impl is Impl.CUDNN:  # batch-major inside
         xs_BxTxI = jnp.swapaxes(xs, 0, 1) if time_major else xs
         lengths = jnp.full((batch,), num_steps, jnp.int32) if seq_lengths is None else seq_lengths
@@ -249,10 +252,10 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
         carry, ys = cudnn.run(params, xs_BxTxI, carry, lengths)
         ys = reverse_padded(ys, lengths) if reverse else ys
         return carry, jnp.swapaxes(ys, 0, 1) if time_major else ys
-    if impl is Impl.PARALLEL:  # remat, chunk_size and unroll concern step loops: none here
+    if linear:  # remat and chunk_size concern matmul step loops: none here
         carry, ys_TxBxH = linear_scan.run(
             cell, params, jnp.asarray(xs) if time_major else jnp.swapaxes(xs, 0, 1), carry,
-            seq_lengths, reverse=scan_reverse)
+            seq_lengths, reverse=scan_reverse, parallel=impl is Impl.PARALLEL, unroll=unroll)
     elif impl is Impl.FUSED:
         carry, ys_TxBxH = fused.run(cell, params,
                                     jnp.asarray(xs) if time_major else jnp.swapaxes(xs, 0, 1),

@@ -2,8 +2,8 @@
 
 Each step against its float64 NumPy transcription (tests/numpy_ref.py, from the papers'
 equations), `check_grads`, `scan.run` with lengths and reverse against a Python loop over the
-step, the min-cells' parallel path (associative scan, log space) against their sequential path
-(values and gradients), 2-layer bidirectional stacks against NumPy, dropout placement, the inits
+step, the min-cells' linear-scan paths (the multiply-add loop and the associative scan) against
+their sequential step (values and gradients), 2-layer bidirectional stacks against NumPy, dropout placement, the inits
 (identity U, UGI, chrono on the keep gate), the Flax modules, and nn.RNN(nonlinearity="relu")
 loading exactly.
 """
@@ -117,7 +117,7 @@ def test_scan_run_equals_a_python_loop_with_lengths_and_reverse(name, lengths, r
     (_, want), want_grads = jax.jit(jax.value_and_grad(loop_loss, (0, 1, 2), has_aux=True))(
         p, xs, carry)
     impls = {scan.resolve_impl(cell, "auto"), scan.Impl.SCAN}
-    impls |= {scan.Impl.PARALLEL} if name in ("mingru", "minlstm") else set()
+    impls |= {scan.Impl.PARALLEL, scan.Impl.FUSED} if name in ("mingru", "minlstm") else set()
     for impl in impls:
         (_, got), grads = jax.jit(jax.value_and_grad(
             lambda p, xs, c: _loss(cell, impl, p, xs, c, lengths, reverse), (0, 1, 2),
@@ -128,12 +128,13 @@ def test_scan_run_equals_a_python_loop_with_lengths_and_reverse(name, lengths, r
 
 
 @pytest.mark.parametrize("name", ["mingru", pytest.param("minlstm", marks=SLOW)])
-def test_parallel_path_equals_the_sequential_path_in_float32(name, key):
-    """The associative scan in log space against `jax.lax.scan` over the sequential step, from
-    the zero carry, with lengths and reverse, at T = 12 with weights ~ U(-1.5, 1.5): values
-    and gradients, rel <= 1e-5 (atol 1e-6 for entries near zero)."""
+def test_linear_scan_paths_equal_the_sequential_step_in_float32(name, key):
+    """The multiply-add loop (fused) and the associative scan (parallel) against `jax.lax.scan`
+    over the sequential step, from the zero carry, with lengths and reverse, at T = 12 with
+    weights ~ U(-1.5, 1.5): values and gradients, rel <= 1e-5 (atol 1e-6 for entries near
+    zero)."""
     cell = CELLS[name]
-    want_auto = scan.Impl.SCAN if jax.default_backend() == "cpu" else scan.Impl.PARALLEL
+    want_auto = scan.Impl.FUSED if jax.default_backend() == "cpu" else scan.Impl.PARALLEL
     assert scan.resolve_impl(cell, "auto") is want_auto
     p = _random_params(cell, scale=1.5)
     xs = _random((B, 12, I), 20, low=-2, high=2)
@@ -142,20 +143,32 @@ def test_parallel_path_equals_the_sequential_path_in_float32(name, key):
         c, ys = scan.run(cell, p, xs, impl=impl, seq_lengths=jnp.array([12, 7, 1]), reverse=True)
         return jnp.sum(ys ** 2) + jnp.sum(c.h), ys
 
-    (_, seq), g_seq = jax.jit(jax.value_and_grad(lambda *a: loss("scan", *a), (0, 1),
-                                                 has_aux=True))(p, xs)
-    (_, par), g_par = jax.jit(jax.value_and_grad(lambda *a: loss("parallel", *a), (0, 1),
-                                                 has_aux=True))(p, xs)
+    def value_and_grad(impl):
+        return jax.jit(jax.value_and_grad(lambda *a: loss(impl, *a), (0, 1), has_aux=True))(p, xs)
+
+    (_, seq), g_seq = value_and_grad("scan")
     assert float(jnp.max(jnp.abs(seq))) > 0.5  # a state that moved, not zeros
-    helpers.assert_trees_close(par, seq, rtol=1e-5, atol=1e-6)
-    helpers.assert_trees_close(g_par, g_seq, rtol=1e-5, atol=1e-6)
+    for impl in ("fused", "parallel"):
+        (_, got), g_got = value_and_grad(impl)
+        helpers.assert_trees_close(got, seq, rtol=1e-5, atol=1e-6, err_msg=impl)
+        helpers.assert_trees_close(g_got, g_seq, rtol=1e-5, atol=1e-6, err_msg=impl)
 
 
-def test_parallel_impl_refuses_a_cell_with_a_recurrent_matmul():
+def test_linear_scan_paths_take_forward_mode_and_refuse_what_they_cannot_do():
+    """Both linear-scan paths are plain JAX: `jax.jvp` through them equals the step loop's. The
+    parallel path needs a linear cell; matmul_dtype needs a recurrent matmul."""
+    p = _random_params(mingru)
+    xs = _random((B, 6, I), 21)
+    tangent = _random((B, 6, I), 22)
+    jvps = {impl: jax.jvp(lambda x: scan.run(mingru, p, x, impl=impl)[1], (xs,), (tangent,))
+            for impl in ("scan", "fused", "parallel")}
+    for impl in ("fused", "parallel"):
+        helpers.assert_trees_close(jvps[impl], jvps["scan"], rtol=1e-5, atol=1e-6, err_msg=impl)
     with pytest.raises(ValueError, match="impl='parallel' needs a cell linear in its state"):
         scan.resolve_impl(urlstm, "parallel")
-    with pytest.raises(ValueError, match="impl='fused' needs a cell with an update"):
-        scan.resolve_impl(mingru, "fused")
+    with pytest.raises(ValueError, match="matmul_dtype='bfloat16' needs impl='fused' on a cell "
+                                         "with a recurrent matmul"):
+        scan.run(mingru, p, xs, impl="fused", matmul_dtype=jnp.bfloat16)
 
 
 def _numpy_stack(name, spec, params, xs, lengths):
@@ -301,8 +314,9 @@ def test_nnx_min_gru_stack_equals_a_loop_over_its_layers():
 @SLOW
 @pytest.mark.parametrize("name", list(LINEN))
 def test_flax_modules_equal_the_functional_path(name, key):
-    """The linen cell in nn.RNN equals scan.run; the linen and NNX stacks equal layers.apply
-    (2 layers, bidirectional, lengths) with the params they drew."""
+    """The linen cell in nn.RNN equals scan.run (its carry in Flax's structure: (c, h)
+    or the bare h); the linen and NNX stacks equal layers.apply (2 layers, bidirectional, lengths) with
+    the params they drew."""
     cell_cls, linen_cls, nnx_cls = LINEN[name]
     xs = jax.random.normal(jax.random.key(1), (B, T, I))
     lengths = jnp.array(LENGTHS)
@@ -310,9 +324,12 @@ def test_flax_modules_equal_the_functional_path(name, key):
     model = nn.RNN(cell, return_carry=True)
     variables = model.init(key, xs)
     params = modules.from_flax(variables["params"]["cell"], cell.spec(I))
-    helpers.assert_trees_close(model.apply(variables, xs), scan.run(cell.spec(I).cell_fns,
-                                                                    params, xs),
-                               rtol=1e-5, atol=1e-6, err_msg=name)
+    carry, ys = scan.run(cell.spec(I).cell_fns, params, xs)
+    (flax_carry, flax_ys) = model.apply(variables, xs)
+    # Flax's structures at the cell boundary: (c, h) for an LSTM-like carry, else the bare h.
+    want_carry = (carry.c, carry.h) if hasattr(carry, "c") else carry.h
+    helpers.assert_trees_close((flax_carry, flax_ys), (want_carry, ys), rtol=1e-5, atol=1e-6,
+                               err_msg=name)
 
     stack = linen_cls(hidden_size=H, num_layers=2, bidirectional=True)
     variables = stack.init(key, xs)
@@ -367,5 +384,5 @@ def test_new_cells_carry_the_whole_protocol(name):
         assert hasattr(cell, attr), attr
     assert sum(cell.BLOCKS) == cell.NUM_GATES
     assert set(cell.INITIALIZERS) <= set(cell.init_params.__code__.co_varnames)
-    assert (getattr(cell, "log_coefficients", None) is None) == (name not in ("mingru",
+    assert (getattr(cell, "coefficients", None) is None) == (name not in ("mingru",
                                                                                "minlstm"))

@@ -346,12 +346,12 @@ class URLSTM(_LinenStack):
 
 
 class MinGRU(_LinenStack):
-    """Linen minGRU stack: the parallel scan (`linear_scan`) per layer."""
+    """Linen minGRU stack (`linear_scan` per layer: the loop on CPU, the scan elsewhere)."""
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINGRU
 
 
 class MinLSTM(_LinenStack):
-    """Linen minLSTM stack: the parallel scan (`linear_scan`) per layer."""
+    """Linen minLSTM stack (`linear_scan` per layer: the loop on CPU, the scan elsewhere)."""
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINLSTM

@@ -277,12 +277,12 @@ class NNXURLSTM(_NNXStack):
 
 
 class NNXMinGRU(_NNXStack):
-    """NNX minGRU stack (the parallel scan per layer); options as `NNXIRNN`."""
+    """NNX minGRU stack (`linear_scan` per layer); options as `NNXIRNN`."""
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINGRU
 
 
 class NNXMinLSTM(_NNXStack):
-    """NNX minLSTM stack (the parallel scan per layer); options as `NNXIRNN`."""
+    """NNX minLSTM stack (`linear_scan` per layer); options as `NNXIRNN`."""
 
     CELL_TYPE: ClassVar[layers.CellType] = layers.CellType.MINLSTM
