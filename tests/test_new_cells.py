@@ -314,9 +314,9 @@ def test_nnx_min_gru_stack_equals_a_loop_over_its_layers():
 @SLOW
 @pytest.mark.parametrize("name", list(LINEN))
 def test_flax_modules_equal_the_functional_path(name, key):
-    """The linen cell in nn.RNN equals scan.run (its carry in Flax's structure: (c, h)
-    or the bare h); the linen and NNX stacks equal layers.apply (2 layers, bidirectional, lengths) with
-    the params they drew."""
+    """The linen cell in nn.RNN equals scan.run (its carry in Flax's structure: (c, h) or the
+    bare h); the linen and NNX stacks equal layers.apply (2 layers, bidirectional, lengths)
+    with the params they drew."""
     cell_cls, linen_cls, nnx_cls = LINEN[name]
     xs = jax.random.normal(jax.random.key(1), (B, T, I))
     lengths = jnp.array(LENGTHS)
