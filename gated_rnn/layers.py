@@ -211,8 +211,7 @@ def check_plan(spec: Spec, plan: Plan) -> None:
     if not isinstance(plan, Plan):
         raise ValueError(f"plan: expected a layers.Plan, got {type(plan).__name__}")
     impl = scan.resolve_impl(spec.cell_fns, plan.impl)
-    if plan.matmul_dtype is not None and (impl is not scan.Impl.FUSED
-                                          or scan.linear_scan.supports(spec.cell_fns)):
+    if plan.matmul_dtype is not None and not scan.takes_matmul_dtype(spec.cell_fns, impl):
         raise _matmul_dtype_error(plan, plan.impl, spec.cell.value)
 
 

@@ -158,6 +158,12 @@ def resolve_impl(cell: Any, impl: Impl | str) -> Impl:
     return impl
 
 
+def takes_matmul_dtype(cell: Any, impl: Impl) -> bool:
+    """Whether the resolved `impl` has matmuls for `matmul_dtype`: FUSED on a matmul cell (a
+    linear cell's FUSED path is a multiply-add loop)."""
+    return impl is Impl.FUSED and not linear_scan.supports(cell)
+
+
 def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
         seq_lengths: jax.Array | None = None, reverse: bool = False,
         unroll: int = 1, impl: Impl | str = Impl.AUTO, remat: bool = False,
@@ -222,7 +228,7 @@ def run(cell: Any, params: Any, xs: jax.Array, *, carry: Any = None,
         cudnn.check(cell, params)
         if remat or chunk_size is not None or matmul_dtype is not None or unroll != 1:
             raise ValueError("impl='cudnn' takes none of remat, chunk_size, matmul_dtype, unroll")
-    if (impl is not Impl.FUSED or linear) and matmul_dtype is not None:
+    if matmul_dtype is not None and not takes_matmul_dtype(cell, impl):
         raise ValueError(f"matmul_dtype={matmul_dtype.name!r} needs impl='fused' on a cell with "
                          f"a recurrent matmul (got {impl.value!r} for {_name(cell)})")
     num_steps, batch = np.shape(xs)[:2] if time_major else np.shape(xs)[1::-1]
