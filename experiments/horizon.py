@@ -19,7 +19,9 @@ The search is a pure function of the finished points, so `ROOT/horizon.json` is 
 a list, one entry per search: {task, cell, gru_variant, init, horizon (int or null),
 lower_bound (the longest length tried was solved), complete, budget_steps, num_seeds,
 learning_rate, start_len, factor, resolution, max_len, min_len, points: [{seq_len, solved_fraction,
-steps_to_solve, normalized_loss, final_step}]}.
+steps_to_solve, normalized_loss, final_step}]}, and for an incomplete search stopped_at:
+{seq_len, reason} (e.g. "failed: FloatingPointError: non-finite loss ...", from the point's
+failure.json, or "not finished").
 
 A fair cell comparison (`--lr_grid=3e-4,1e-3,3e-3 --lr_ref_len=100`): before its search, each
 (task, cell, init) trains at the reference length with each learning rate (under
@@ -127,8 +129,13 @@ def _majority(result: dict) -> bool:
 
 def summarize(search: Search, rule: LengthRule, results: dict[int, Optional[dict]], *,
               budget_steps: int, num_seeds: int, learning_rate: Optional[float],
-              lr_grid: Optional[dict] = None) -> dict[str, Any]:
-    """The horizon.json entry of one search from its results."""
+              lr_grid: Optional[dict] = None,
+              stopped_reason: Optional[str] = None) -> dict[str, Any]:
+    """The horizon.json entry of one search from its results.
+
+    An incomplete search (a length it needs has no result) records where and why it stopped:
+    `stopped_at = {seq_len, reason}`, the reason given by the caller (`stopped_reason`).
+    """
     done = {t: r for t, r in sorted(results.items()) if r is not None}
     solved = [t for t, r in done.items() if _majority(r)]
     complete = next_length(rule, {t: _majority(r) for t, r in done.items()}) is None \
@@ -146,6 +153,9 @@ def summarize(search: Search, rule: LengthRule, results: dict[int, Optional[dict
     }
     if lr_grid is not None:
         entry["lr_grid"] = lr_grid
+    missing = [t for t, r in results.items() if r is None]
+    if missing:
+        entry["stopped_at"] = {"seq_len": missing[0], "reason": stopped_reason or "not finished"}
     return entry
 
 
@@ -241,12 +251,25 @@ def horizon_search(grid: dict[str, Any], search: Search, rule: LengthRule, root:
             return summarize(search, rule, {rule.start_len: None},
                              budget_steps=_budget(grid, search),
                              num_seeds=grid["tasks"][search.task]["num_seeds"],
-                             learning_rate=None, lr_grid=lr_table)
+                             learning_rate=None, lr_grid=lr_table,
+                             stopped_reason="the learning-rate choice is not finished")
     grid = _with_lr(grid, search.task, lr)
     results = run_search(rule, _trial(grid, search, root, train, train_fn))
+    missing = [t for t, r in results.items() if r is None]
     return summarize(search, rule, results, budget_steps=_budget(grid, search),
                      num_seeds=grid["tasks"][search.task]["num_seeds"],
-                     learning_rate=_learning_rate(grid, search), lr_grid=lr_table)
+                     learning_rate=_learning_rate(grid, search), lr_grid=lr_table,
+                     stopped_reason=_why_missing(root, search.at(missing[0]))
+                     if missing else None)
+
+
+def _why_missing(root: str, point: sweep.Point) -> str:
+    """Why a point has no result: its recorded failure, or that it has not finished."""
+    failure = sweep.failure_reason(os.path.join(root, point.name))
+    if failure is not None:
+        return f"failed: {failure}"
+    return ("not finished (not started, interrupted, or running in another process); rerun "
+            "the command to train it")
 
 
 def _budget(grid: dict[str, Any], search: Search) -> int:
@@ -266,7 +289,9 @@ def horizon_table(entries: Sequence[dict]) -> str:
         else:
             text = f">= {e['horizon']}" if e["lower_bound"] else str(e["horizon"])
         if not e["complete"]:
-            text += " (incomplete)"
+            stop = e.get("stopped_at")
+            text += (f" (incomplete: T = {stop['seq_len']} {_short(stop['reason'])})" if stop
+                     else " (incomplete)")
         tried = ", ".join(
             f"{p['seq_len']}: {round(p['solved_fraction'] * len(p['steps_to_solve']))}/"
             f"{len(p['steps_to_solve'])}"
@@ -277,6 +302,12 @@ def horizon_table(entries: Sequence[dict]) -> str:
         lines.append(f"| {e['task']} | {cell}/{e['init']} | {text} | {tried or '-'} "
                      f"| {e['budget_steps']} × {e['num_seeds']} seeds | {lr} |")
     return "\n".join(lines)
+
+
+def _short(reason: str, limit: int = 90) -> str:
+    """A reason for a table cell: its first clause, at most `limit` characters."""
+    text = reason.split(";")[0]
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def write_horizons(root: str, entries: Sequence[dict]) -> str:

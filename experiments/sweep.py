@@ -18,6 +18,9 @@ seeds train together (vmapped) in that one run.
   point's config is validated before any is recorded, so a bad `--set` leaves nothing behind.
 - A point is trained under its workdir's lock (`checkpoint.lock_workdir`): a point another
   process is training is skipped, so two processes (or shards) can share a root.
+- A point whose training raises (e.g. a diverged loss) does not stop the sweep: its error is
+  kept in `ROOT/<point>/failure.json` (`failure_reason`), for the horizon search and for you,
+  and the next run of the command retries the point; the file goes when the point finishes.
 - Errors are one line and exit 2 (a bad flag or `--set`, a changed setting, a damaged
   `sweep_point.json`); SIGTERM / SIGINT save the current point's step and exit 128 + N with a
   line saying to rerun the same command to resume.
@@ -57,6 +60,7 @@ from experiments.configs import sweeps
 from gated_rnn import gru, layers
 
 POINT_FILE = "sweep_point.json"
+FAILURE_FILE = "failure.json"  # why the point's last run raised; removed when it finishes
 
 # Inits that change nothing for a cell: such a point runs as the cell's default init, once.
 _NO_OP_INITS = {"rnn": {"forget_bias", "chrono"}, "irnn": {"forget_bias", "chrono"},
@@ -256,6 +260,17 @@ def _check_same_config(workdir: str, point: Point, config: ml_collections.Config
     return True
 
 
+def failure_reason(workdir: str) -> str | None:
+    """The error of the point's last failed run (its first line), or None if none is recorded."""
+    try:
+        with open(os.path.join(workdir, FAILURE_FILE)) as f:
+            return str(json.load(f)["error"]).splitlines()[0]
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, IndexError):
+        return f"{os.path.join(workdir, FAILURE_FILE)} is damaged"
+
+
 class Outcome(NamedTuple):
     """The point names (`Point.name`) that `run_points` trained, skipped and saw fail."""
 
@@ -273,8 +288,8 @@ def run_point(point: Point, config: ml_collections.ConfigDict, workdir: str, *,
     another process holds is skipped); records the config on the first run and refuses
     (ValueError) another config on a later one (`sweep_point.json`); skips a finished workdir
     (`result.json` present); otherwise trains, resuming from the last checkpoint. A point whose
-    training raises is reported, not raised: it has no `result.json`, so the next call retries
-    it. A signal's `checkpoint.Stopped` is raised.
+    training raises is reported, not raised: its error goes to `failure.json`, and it has no
+    `result.json`, so the next call retries it. A signal's `checkpoint.Stopped` is raised.
 
     Args:
       point: the grid point (recorded with the config).
@@ -306,14 +321,20 @@ def _run_locked(point: Point, config: ml_collections.ConfigDict, workdir: str,
     print(f"{tag}: {'resuming' if resumed else 'start'} ({config.num_seeds} seeds, "
           f"{config.train.steps} steps)", flush=True)
     start = time.time()
+    failure = os.path.join(workdir, FAILURE_FILE)
     try:
         train_fn(config, workdir)
-    except Exception:  # noqa: BLE001  (one diverged point must not stop a sweep)
+    except Exception as e:  # noqa: BLE001  (one diverged point must not stop a sweep)
         traceback.print_exc()
-        print(f"{tag}: FAILED after {time.time() - start:.0f}s", flush=True)
+        seconds = time.time() - start
+        files.atomic_write(failure, json.dumps(
+            {"error": f"{type(e).__name__}: {e}", "after_s": round(seconds, 1)}, indent=1))
+        print(f"{tag}: FAILED after {seconds:.0f}s", flush=True)
         return "failed"
     finally:
         jax.clear_caches()  # every point compiles its own step; keep memory flat
+    if os.path.exists(failure):
+        os.remove(failure)  # an earlier failure, retried and now finished
     with open(os.path.join(workdir, report.RESULT_FILE)) as f:
         result = json.load(f)
     print(f"{tag}: done in {time.time() - start:.0f}s, solved "

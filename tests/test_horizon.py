@@ -108,10 +108,39 @@ def test_interrupted_search_resumes_without_rerunning_finished_points(tmp_path):
                                      train_fn=_fake_train(100, calls, fail_at=160))
     assert calls == [10, 20, 40, 80, 160] and not partial["complete"]
     assert partial["horizon"] == 80 and partial["lower_bound"]
+    assert partial["stopped_at"] == {"seq_len": 160, "reason": "failed: RuntimeError: interrupted"}
     calls.clear()
     entry = horizon.horizon_search(grid, search, rule, root, train_fn=_fake_train(100, calls))
     assert calls == [160, 113, 95]  # only the missing points
-    assert entry["horizon"] == 95 and entry["complete"]
+    assert entry["horizon"] == 95 and entry["complete"] and "stopped_at" not in entry
+    assert not os.path.exists(os.path.join(root, search.at(160).name, sweep.FAILURE_FILE))
+
+
+def test_a_search_stopped_by_a_failed_point_says_where_and_why(tmp_path):
+    grid, root = _grid(), str(tmp_path)
+    search = horizon.searches(grid)[0]
+    rule = horizon.LengthRule(start_len=10, factor=2, resolution=1.25, max_len=1000)
+    message = ("non-finite loss or gradient by step 100 for seed(s) [0, 1, 2]; no checkpoint "
+               "was saved yet")
+
+    def diverges_at_40(config, workdir):
+        if config.seq_len == 40:
+            raise FloatingPointError(message)
+        _fake_train(100, [])(config, workdir)
+
+    entry = horizon.horizon_search(grid, search, rule, root, train_fn=diverges_at_40)
+    assert entry["horizon"] == 20 and not entry["complete"]
+    assert entry["stopped_at"] == {"seq_len": 40, "reason": f"failed: FloatingPointError: "
+                                                              f"{message}"}
+    # The reason is on disk, so a replay from the points alone gives it too.
+    assert horizon.horizon_search(grid, search, rule, root, train=False) == entry
+    assert ("| >= 20 (incomplete: T = 40 failed: FloatingPointError: non-finite loss or "
+            "gradient by step 100 for seed(s) [0, 1, 2]) |") in horizon.horizon_table([entry])
+    # A point with no result and no recorded failure is "not finished".
+    os.remove(os.path.join(root, search.at(40).name, sweep.FAILURE_FILE))
+    replay = horizon.horizon_search(grid, search, rule, root, train=False)
+    assert replay["stopped_at"]["seq_len"] == 40
+    assert replay["stopped_at"]["reason"].startswith("not finished")
 
 
 def test_learning_rate_is_chosen_at_the_reference_length(tmp_path):
