@@ -25,7 +25,7 @@ from typing import Optional
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import checkpoint, files, parallel, train
+from experiments import checkpoint, configs, files, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Task config file, e.g. experiments/configs/copy.py[:smoke][,seq_len=N].",
@@ -100,6 +100,12 @@ def unknown_field_error(argv: list[str]) -> Optional[str]:
     return None
 
 
+def overridden_fields(argv: list[str]) -> set[str]:
+    """The dotted config fields that `--config.<field>` flags in argv set."""
+    return {m.group(1) for token in argv
+            if (m := re.match(r"^--?(?:no)?config\.([^=]+)", token))}
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """`app.run`'s flags parser: a bad --config file, an unknown `--config.<field>` or a value of
     the wrong type exits 2 with one line instead of a traceback."""
@@ -121,6 +127,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     parallel.quiet_library_logs()
     config = _CONFIG.value
+    # What the config arg's recipe derived (chrono's T_max) follows --config.seq_len & co.
+    configs.rederive(config, (_config_value(sys.argv) or "").partition(":")[2],
+                     overridden_fields(sys.argv))
     if _FRESH_START.value:
         with config.unlocked():
             config.train.fresh_start = True

@@ -54,7 +54,7 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from experiments import checkpoint, checks, files, parallel, probe, report, tasks, train
+from experiments import checkpoint, checks, configs, files, parallel, probe, report, tasks, train
 from experiments import setup as setup_lib
 from experiments.configs import sweeps
 from gated_rnn import gru, layers
@@ -176,8 +176,8 @@ def make_config(grid: dict[str, Any], point: Point) -> ml_collections.ConfigDict
     """The training config of one point: the task's config at `seq_len`, then the overrides."""
     spec = grid["tasks"][point.task]
     module = importlib.import_module(f"experiments.configs.{point.task}")
-    config = module.get_config(",".join(filter(None, (spec.get("config_arg"),
-                                                      f"seq_len={point.seq_len}"))))
+    arg = ",".join(filter(None, (spec.get("config_arg"), f"seq_len={point.seq_len}")))
+    config = module.get_config(arg)
     # A sweep spends its steps where the frontier is: a point ends at the first eval at which
     # every seed is solved (`--set=train.stop_when_solved=False` trains every point to the end).
     values = {"model.cell": point.cell, "model.gru_variant": point.gru_variant,
@@ -185,6 +185,7 @@ def make_config(grid: dict[str, Any], point: Point) -> ml_collections.ConfigDict
               "train.stop_when_solved": True, **spec["config"]}
     for key, value in values.items():
         _set_field(config, key, value)
+    configs.rederive(config, arg, overridden=values)  # e.g. chrono's T_max, variable delay
     if config.seq_len != point.seq_len:
         raise ValueError(f"grid config sets seq_len={config.seq_len}, but the point is "
                          f"T={point.seq_len}: set lengths with --seq_lens, not --set")

@@ -209,3 +209,26 @@ def test_recipes_set_the_papers_training(recipe):
         assert (c.train.clip, c.model.hidden_size, c.train.batch_size) == (1, 40, 20)
         assert (a.model.hidden_size, a.train.batch_size, a.model.chrono_max_len) == \
             (128, 50, None)
+
+
+@pytest.mark.parametrize("overrides, t_max", [
+    ((), 300),                                                      # 3T/2: fixed-delay copy
+    (("task.variable_delay=True",), 200),                           # T: variable delay
+    (("task.variable_delay=True", "model.chrono_max_len=250"), 250),  # an explicit value wins
+])
+def test_recipe_t_max_follows_an_override_of_the_task(overrides, t_max):
+    grid = sweep.resolve_grid("horizon", tasks_=["copy"], cells=["lstm"], inits=["chrono"],
+                              num_seeds=1, overrides=overrides)
+    config = sweep.make_config(grid, sweep.Point("copy", "lstm", "reset_after", "chrono", 200))
+    assert config.model.chrono_max_len == t_max
+
+
+def test_single_run_recipe_t_max_follows_config_flags(tmp_path):
+    # get_config("smoke,tallec") sees the smoke length; --config.seq_len=30 comes after it.
+    cmd = [sys.executable, "-m", "experiments.main",
+           "--config=experiments/configs/adding.py:smoke,tallec", "--config.seq_len=30",
+           "--config.train.steps=10", f"--workdir={tmp_path}"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["model"]["chrono_max_len"] == 30

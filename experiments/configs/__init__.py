@@ -5,7 +5,8 @@ Each config file defines `get_config(arg=None) -> ConfigDict`. `arg` is what fol
   smoke        tiny sizes for tests and CI (a run takes seconds);
   seq_len=N    the task length T (the same as `--config.seq_len=N`; kept for sweeps' file specs);
   tallec, arjovsky   a paper's training recipe (configs/recipes.py), chrono's T_max from the
-               final seq_len.
+               final seq_len and task (re-derived after `--config.` / `--set` overrides of
+               seq_len or task.variable_delay, unless model.chrono_max_len is set too).
 e.g. `copy.py:smoke`, `copy.py:seq_len=200`, `copy.py:smoke,seq_len=50`. Plain values are set with
 `--config.FIELD=VALUE` (e.g. `--config.model.cell=gru --config.train.steps=5000`).
 
@@ -39,7 +40,7 @@ into typed values; no other module reads them.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
 import ml_collections
 from ml_collections import config_dict
@@ -115,6 +116,27 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.train.checkpoint_every = 20
     c.train.progress_every_secs = 1.0
     c.eval.batch_size = 32
+
+
+def recipe_in(arg: Optional[str]) -> Optional[str]:
+    """The recipe a `get_config` argument names (e.g. "tallec" in "tallec,seq_len=200"), or None."""
+    return next((t.strip() for t in (arg or "").split(",") if t.strip() in recipes.RECIPES),
+                None)
+
+
+def rederive(c: ml_collections.ConfigDict, arg: Optional[str],
+             overridden: Iterable[str]) -> None:
+    """Recomputes, after the overrides, what the argument's recipe derived from other fields.
+
+    A recipe's chrono T_max reads `seq_len` and `task.variable_delay`
+    (`recipes.chrono_max_len`); an override of either after `get_config`
+    (`--config.seq_len=750`, `--set=task.variable_delay=True`) would otherwise keep the T_max of
+    the old values. An override of `model.chrono_max_len` itself (in `overridden`, the dotted
+    fields the overrides set) wins.
+    """
+    recipe = recipe_in(arg)
+    if recipe is not None and "model.chrono_max_len" not in set(overridden):
+        c.model.chrono_max_len = recipes.chrono_max_len(c, recipe)
 
 
 def apply_arg(c: ml_collections.ConfigDict, arg: Optional[str], smoke_seq_len: int) -> None:
