@@ -84,10 +84,7 @@ def unknown_field_error(argv: list[str]) -> Optional[str]:
         return None
     names = list(checkpoint.flatten(config.to_dict()))
     sections = {n.rsplit(".", 1)[0] for n in names if "." in n}
-    for token in argv:
-        if not (m := re.match(r"^--?(?:no)?config\.([^=]+)", token)):
-            continue
-        field = m.group(1)
+    for field in _override_fields(argv):
         if field in names or field in sections:
             continue
         close = difflib.get_close_matches(field, names, n=3, cutoff=0.6)
@@ -100,10 +97,15 @@ def unknown_field_error(argv: list[str]) -> Optional[str]:
     return None
 
 
+def _override_fields(argv: list[str]) -> list[str]:
+    """The dotted config fields that `--config.<field>` flags in argv set, in their order."""
+    return [m.group(1) for token in argv
+            if (m := re.match(r"^--?(?:no)?config\.([^=]+)", token))]
+
+
 def overridden_fields(argv: list[str]) -> set[str]:
     """The dotted config fields that `--config.<field>` flags in argv set."""
-    return {m.group(1) for token in argv
-            if (m := re.match(r"^--?(?:no)?config\.([^=]+)", token))}
+    return set(_override_fields(argv))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
