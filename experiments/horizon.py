@@ -26,8 +26,9 @@ failure.json, or "not finished").
 A fair cell comparison (`--lr_grid=3e-4,1e-3,3e-3 --lr_ref_len=100`): before its search, each
 (task, cell, init) trains at the reference length with each learning rate (under
 `ROOT/_lr/<lr>/...`, ignored by the horizon report) and searches with the best one (most seeds
-solved, then fewest steps to solve, then lowest loss); the choice and the grid's numbers are in
-horizon.json.
+solved, then fewest steps to solve, then lowest loss); the best rate's run at the reference
+length is copied into the search's layout, so the search does not train that length again. The
+choice and the grid's numbers are in horizon.json.
 
 Shards (`--shard_index/--num_shards`, or a SLURM array as for the sweep) own whole searches:
 search i belongs to shard i % num_shards.
@@ -39,13 +40,14 @@ import copy
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from absl import app, flags
 
-from experiments import files, parallel, report, sweep
+from experiments import checkpoint, files, parallel, report, sweep
 from experiments.configs import recipes, sweeps
 
 HORIZON_FILE = "horizon.json"
@@ -199,6 +201,10 @@ def _learning_rate(grid: dict[str, Any], search: Search) -> float:
                  .train.learning_rate)
 
 
+def _lr_root(root: str, lr: float) -> str:
+    return os.path.join(root, LR_DIR, f"lr{lr:g}")
+
+
 def select_lr(grid: dict[str, Any], search: Search, root: str, lrs: Sequence[float],
               ref_len: int, train: bool, train_fn: TrainFn = None
               ) -> tuple[Optional[float], dict]:
@@ -209,8 +215,7 @@ def select_lr(grid: dict[str, Any], search: Search, root: str, lrs: Sequence[flo
     """
     table, scores = {}, {}
     for lr in lrs:
-        lr_root = os.path.join(root, LR_DIR, f"lr{lr:g}")
-        result = _trial(_with_lr(grid, search.task, lr), search, lr_root, train,
+        result = _trial(_with_lr(grid, search.task, lr), search, _lr_root(root, lr), train,
                         train_fn)(ref_len)
         if result is None:
             return None, table
@@ -253,6 +258,8 @@ def horizon_search(grid: dict[str, Any], search: Search, rule: LengthRule, root:
                              num_seeds=grid["tasks"][search.task]["num_seeds"],
                              learning_rate=None, lr_grid=lr_table,
                              stopped_reason="the learning-rate choice is not finished")
+        if train:
+            _reuse_reference_run(root, search.at(lr_ref_len or rule.start_len), lr)
     grid = _with_lr(grid, search.task, lr)
     results = run_search(rule, _trial(grid, search, root, train, train_fn))
     missing = [t for t, r in results.items() if r is None]
@@ -261,6 +268,26 @@ def horizon_search(grid: dict[str, Any], search: Search, rule: LengthRule, root:
                      learning_rate=_learning_rate(grid, search), lr_grid=lr_table,
                      stopped_reason=_why_missing(root, search.at(missing[0]))
                      if missing else None)
+
+
+def _reuse_reference_run(root: str, point: sweep.Point, lr: float) -> None:
+    """Copies the chosen learning rate's finished run at the reference length into the search's
+    layout, so a search that starts at (or comes back to) that length does not train it again.
+
+    The copy is the same config (the sweep checks `sweep_point.json` when it reads it), made
+    under a temporary name and renamed into place; an existing workdir is left alone.
+    """
+    source = os.path.join(_lr_root(root, lr), point.name)
+    target = os.path.join(root, point.name)
+    if os.path.exists(target) or not os.path.exists(os.path.join(source, report.RESULT_FILE)):
+        return
+    partial = f"{target}.copying-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(checkpoint.LOCK_FILE))
+    try:
+        os.rename(partial, target)
+    except OSError:  # another process put it there first
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _why_missing(root: str, point: sweep.Point) -> str:

@@ -156,10 +156,20 @@ def test_learning_rate_is_chosen_at_the_reference_length(tmp_path):
 
     entry = horizon.horizon_search(grid, search, rule, root, lrs=[0.001, 0.003],
                                    lr_ref_len=10, train_fn=train_fn)
-    assert seen == [(0.001, 10), (0.003, 10), (0.003, 10), (0.003, 20)]
+    # The chosen rate's run at the reference length is the search's first point: not retrained.
+    assert seen == [(0.001, 10), (0.003, 10), (0.003, 20)]
     assert entry["learning_rate"] == 0.003 and entry["horizon"] == 20
     assert entry["lr_grid"]["0.001"]["solved_fraction"] == 0
-    assert {r["workdir"].split(os.sep)[0] for r in report.load_rows(root)} == {"adding"}
+    reference = report.read_result(os.path.join(root, horizon.LR_DIR, "lr0.003"),
+                                   search.at(10).name)
+    assert report.read_result(root, search.at(10).name) == reference
+    rows = report.load_rows(root)
+    assert {os.path.dirname(r["workdir"]) for r in rows} == {"adding/lstm-default"}
+    assert sorted({r["seq_len"] for r in rows}) == [10, 20]
+    # A rerun trains nothing and gives the same entry.
+    seen.clear()
+    assert horizon.horizon_search(grid, search, rule, root, lrs=[0.001, 0.003],
+                                  lr_ref_len=10, train_fn=train_fn) == entry and seen == []
 
 
 def test_command_line_search_with_the_trainer(tmp_path):
