@@ -132,11 +132,12 @@ def _majority(result: dict) -> bool:
 def summarize(search: Search, rule: LengthRule, results: dict[int, Optional[dict]], *,
               budget_steps: int, num_seeds: int, learning_rate: Optional[float],
               lr_grid: Optional[dict] = None,
-              stopped_reason: Optional[str] = None) -> dict[str, Any]:
+              why_missing: Callable[[int], str] = lambda seq_len: "not finished"
+              ) -> dict[str, Any]:
     """The horizon.json entry of one search from its results.
 
     An incomplete search (a length it needs has no result) records where and why it stopped:
-    `stopped_at = {seq_len, reason}`, the reason given by the caller (`stopped_reason`).
+    `stopped_at = {seq_len, reason}`, the reason being `why_missing(seq_len)`.
     """
     done = {t: r for t, r in sorted(results.items()) if r is not None}
     solved = [t for t, r in done.items() if _majority(r)]
@@ -157,7 +158,7 @@ def summarize(search: Search, rule: LengthRule, results: dict[int, Optional[dict
         entry["lr_grid"] = lr_grid
     missing = [t for t, r in results.items() if r is None]
     if missing:
-        entry["stopped_at"] = {"seq_len": missing[0], "reason": stopped_reason or "not finished"}
+        entry["stopped_at"] = {"seq_len": missing[0], "reason": why_missing(missing[0])}
     return entry
 
 
@@ -257,17 +258,15 @@ def horizon_search(grid: dict[str, Any], search: Search, rule: LengthRule, root:
                              budget_steps=_budget(grid, search),
                              num_seeds=grid["tasks"][search.task]["num_seeds"],
                              learning_rate=None, lr_grid=lr_table,
-                             stopped_reason="the learning-rate choice is not finished")
+                             why_missing=lambda _: "the learning-rate choice is not finished")
         if train:
             _reuse_reference_run(root, search.at(lr_ref_len or rule.start_len), lr)
     grid = _with_lr(grid, search.task, lr)
     results = run_search(rule, _trial(grid, search, root, train, train_fn))
-    missing = [t for t, r in results.items() if r is None]
     return summarize(search, rule, results, budget_steps=_budget(grid, search),
                      num_seeds=grid["tasks"][search.task]["num_seeds"],
                      learning_rate=_learning_rate(grid, search), lr_grid=lr_table,
-                     stopped_reason=_why_missing(root, search.at(missing[0]))
-                     if missing else None)
+                     why_missing=lambda seq_len: _why_missing(root, search.at(seq_len)))
 
 
 def _reuse_reference_run(root: str, point: sweep.Point, lr: float) -> None:
