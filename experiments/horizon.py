@@ -16,7 +16,8 @@ is rerun, and the sweep's report (table, plots) written over the root.
 
 The search is a pure function of the finished points, so `ROOT/horizon.json` is rebuilt from the
 `result.json` files alone (`--aggregate_only`; sharded runs give the same file as one run). It is
-a list, one entry per search: {task, cell, gru_variant, init, horizon (int or null),
+a list, one entry per search (a command rewrites its own searches' entries and keeps those of
+other searches in the root, e.g. an earlier `--cells=lstm` when `--cells=gru` runs next): {task, cell, gru_variant, init, horizon (int or null),
 lower_bound (the longest length tried was solved), complete, budget_steps, num_seeds,
 learning_rate, start_len, factor, resolution, max_len, min_len, points: [{seq_len, solved_fraction,
 steps_to_solve, normalized_loss, final_step}]}, and for an incomplete search stopped_at:
@@ -336,10 +337,27 @@ def _short(reason: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def _key(entry: dict) -> tuple:
+    return tuple(entry.get(field) for field in Search._fields)
+
+
 def write_horizons(root: str, entries: Sequence[dict]) -> str:
+    """Writes `entries` into ROOT/horizon.json, keeping the entries of other searches already
+    there (an earlier command's, e.g. `--cells=lstm` before `--cells=gru`): a search's entry is
+    replaced in place, a new one appended. A file that cannot be read is replaced (it is derived
+    from the points; `--aggregate_only` over every search rebuilds it), with a warning."""
     os.makedirs(root, exist_ok=True)
     path = os.path.join(root, HORIZON_FILE)
-    files.atomic_write(path, json.dumps(list(entries), indent=1) + "\n")
+    merged: dict[tuple, dict] = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                merged = {_key(e): e for e in json.load(f)}
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            print(f"warning: {path}: unreadable ({e}); rewritten with this command's searches",
+                  file=sys.stderr)
+    merged.update((_key(e), e) for e in entries)
+    files.atomic_write(path, json.dumps(list(merged.values()), indent=1) + "\n")
     return path
 
 
@@ -432,7 +450,8 @@ def main(argv: Sequence[str]) -> None:
         entries = [horizon_search(grid, s, rules[s.task], f.root, train=s in mine, lrs=lrs,
                                   lr_ref_len=f.lr_ref_len) for s in all_searches]
     print(horizon_table(entries))
-    print(f"{HORIZON_FILE}: {write_horizons(f.root, entries)}")
+    print(f"{HORIZON_FILE} (with any other searches of the root): "
+          f"{write_horizons(f.root, entries)}")
     if any(report.find_results(f.root)):  # the sweep's report and the grid's probes
         sweep.finish(f.root, sweeps.GRIDS[f.grid].get("probe", ("none",)))
     print(f"horizon search: {time.time() - start:.0f}s", flush=True)

@@ -172,6 +172,25 @@ def test_learning_rate_is_chosen_at_the_reference_length(tmp_path):
                                   lr_ref_len=10, train_fn=train_fn) == entry and seen == []
 
 
+def test_horizon_file_keeps_the_searches_of_earlier_commands(tmp_path, capsys):
+    root = str(tmp_path)
+    lstm, gru = ({"task": "adding", "cell": c, "gru_variant": "reset_after", "init": "chrono",
+                  "horizon": h} for c, h in (("lstm", 750), ("gru", 1000)))
+    horizon.write_horizons(root, [lstm])
+    path = horizon.write_horizons(root, [gru])  # e.g. --cells=gru after --cells=lstm
+    with open(path) as f:
+        assert json.load(f) == [lstm, gru]
+    horizon.write_horizons(root, [{**lstm, "horizon": 1000}])  # searched again: replaced in place
+    with open(path) as f:
+        assert [e["horizon"] for e in json.load(f)] == [1000, 1000]
+    with open(path, "w") as f:
+        f.write('[{"task": "add')  # damaged by hand: replaced, with a warning naming it
+    horizon.write_horizons(root, [gru])
+    with open(path) as f:
+        assert json.load(f) == [gru]
+    assert f"warning: {path}: unreadable" in capsys.readouterr().err
+
+
 def test_command_line_search_with_the_trainer(tmp_path):
     """Smoke sizes, one search (rnn, adding, T = 3 at most): the trainer runs, horizon.json and
     the report are written, and a rerun trains nothing."""
