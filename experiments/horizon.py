@@ -17,18 +17,19 @@ is rerun, and the sweep's report (table, plots) written over the root.
 The search is a pure function of the finished points, so `ROOT/horizon.json` is rebuilt from the
 `result.json` files alone (`--aggregate_only`; sharded runs give the same file as one run). It is
 a list, one entry per search (a command rewrites its own searches' entries and keeps those of
-other searches in the root, e.g. an earlier `--cells=lstm` when `--cells=gru` runs next): {task, cell, gru_variant, init, horizon (int or null),
-lower_bound (the longest length tried was solved), complete, budget_steps, num_seeds,
-learning_rate, start_len, factor, resolution, max_len, min_len, points: [{seq_len, solved_fraction,
-steps_to_solve, normalized_loss, final_step}]}, and for an incomplete search stopped_at:
+the root's other searches, e.g. an earlier `--cells=lstm` when `--cells=gru` runs next):
+{task, cell, gru_variant, init, horizon (int or null), lower_bound (the longest length tried was
+solved), complete, budget_steps, num_seeds, learning_rate, start_len, factor, resolution,
+max_len, min_len, points: [{seq_len, solved_fraction, steps_to_solve, normalized_loss,
+final_step}]}, and for an incomplete search stopped_at:
 {seq_len, reason} (e.g. "failed: FloatingPointError: non-finite loss ...", from the point's
 failure.json, or "not finished").
 
 A fair cell comparison (`--lr_grid=3e-4,1e-3,3e-3 --lr_ref_len=100`): before its search, each
 (task, cell, init) trains at the reference length with each learning rate (under
 `ROOT/_lr/<lr>/...`, ignored by the horizon report) and searches with the best one (most seeds
-solved, then fewest steps to solve, then lowest loss); the best rate's run at the reference
-length is copied into the search's layout, so the search does not train that length again. The
+solved, then fewest steps to solve, then lowest loss); when the search comes to the reference
+length, the best rate's run there is copied into the search's layout, not trained again. The
 choice and the grid's numbers are in horizon.json.
 
 Shards (`--shard_index/--num_shards`, or a SLURM array as for the sweep) own whole searches:
@@ -260,34 +261,39 @@ def horizon_search(grid: dict[str, Any], search: Search, rule: LengthRule, root:
                              num_seeds=grid["tasks"][search.task]["num_seeds"],
                              learning_rate=None, lr_grid=lr_table,
                              why_missing=lambda _: "the learning-rate choice is not finished")
-        if train:
-            _reuse_reference_run(root, search.at(lr_ref_len or rule.start_len), lr)
     grid = _with_lr(grid, search.task, lr)
-    results = run_search(rule, _trial(grid, search, root, train, train_fn))
+    trial = _trial(grid, search, root, train, train_fn)
+    if lrs and train:
+        trial = _reusing(trial, root, search, lr_ref_len or rule.start_len, lr)
+    results = run_search(rule, trial)
     return summarize(search, rule, results, budget_steps=_budget(grid, search),
                      num_seeds=grid["tasks"][search.task]["num_seeds"],
                      learning_rate=_learning_rate(grid, search), lr_grid=lr_table,
                      why_missing=lambda seq_len: _why_missing(root, search.at(seq_len)))
 
 
-def _reuse_reference_run(root: str, point: sweep.Point, lr: float) -> None:
-    """Copies the chosen learning rate's finished run at the reference length into the search's
-    layout, so a search that starts at (or comes back to) that length does not train it again.
+def _reusing(trial: Trial, root: str, search: Search, ref_len: int, lr: float) -> Trial:
+    """`trial`, except that when the search comes to the reference length it first copies the
+    chosen learning rate's finished run there into the search's layout, so that length is not
+    trained twice.
 
-    The copy is the same config (the sweep checks `sweep_point.json` when it reads it), made
-    under a temporary name and renamed into place; an existing workdir is left alone.
+    The copy has the same config (the sweep checks `sweep_point.json` when it reads it); it is
+    made under a temporary name and renamed into place; an existing workdir is left alone.
     """
-    source = os.path.join(_lr_root(root, lr), point.name)
-    target = os.path.join(root, point.name)
-    if os.path.exists(target) or not os.path.exists(os.path.join(source, report.RESULT_FILE)):
-        return
-    partial = f"{target}.copying-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(checkpoint.LOCK_FILE))
-    try:
-        os.rename(partial, target)
-    except OSError:  # another process put it there first
-        shutil.rmtree(partial, ignore_errors=True)
+    def reusing(seq_len: int) -> Optional[dict]:
+        source = os.path.join(_lr_root(root, lr), search.at(seq_len).name)
+        target = os.path.join(root, search.at(seq_len).name)
+        if (seq_len == ref_len and not os.path.exists(target)
+                and os.path.exists(os.path.join(source, report.RESULT_FILE))):
+            partial = f"{target}.copying-{os.getpid()}"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(source, partial, ignore=shutil.ignore_patterns(checkpoint.LOCK_FILE))
+            try:
+                os.rename(partial, target)
+            except OSError:  # another process put it there first
+                shutil.rmtree(partial, ignore_errors=True)
+        return trial(seq_len)
+    return reusing
 
 
 def _why_missing(root: str, point: sweep.Point) -> str:

@@ -172,6 +172,17 @@ def test_learning_rate_is_chosen_at_the_reference_length(tmp_path):
                                   lr_ref_len=10, train_fn=train_fn) == entry and seen == []
 
 
+def test_a_reference_length_the_search_never_visits_stays_out_of_its_layout(tmp_path):
+    grid, root = _grid(), str(tmp_path)
+    search = horizon.searches(grid)[0]
+    rule = horizon.LengthRule(start_len=10, factor=2, resolution=1.5, max_len=20)
+    calls = []
+    entry = horizon.horizon_search(grid, search, rule, root, lrs=[0.001], lr_ref_len=15,
+                                   train_fn=_fake_train(100, calls))
+    assert calls == [15, 10, 20] and entry["horizon"] == 20
+    assert sorted({r["seq_len"] for r in report.load_rows(root)}) == [10, 20]
+
+
 def test_horizon_file_keeps_the_searches_of_earlier_commands(tmp_path, capsys):
     root = str(tmp_path)
     lstm, gru = ({"task": "adding", "cell": c, "gru_variant": "reset_after", "init": "chrono",
