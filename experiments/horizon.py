@@ -280,9 +280,10 @@ def _reusing(trial: Trial, root: str, search: Search, ref_len: int, lr: float) -
     The copy has the same config (the sweep checks `sweep_point.json` when it reads it); it is
     made under a temporary name and renamed into place; an existing workdir is left alone.
     """
+    name = search.at(ref_len).name
+    source, target = os.path.join(_lr_root(root, lr), name), os.path.join(root, name)
+
     def reusing(seq_len: int) -> Optional[dict]:
-        source = os.path.join(_lr_root(root, lr), search.at(seq_len).name)
-        target = os.path.join(root, search.at(seq_len).name)
         if (seq_len == ref_len and not os.path.exists(target)
                 and os.path.exists(os.path.join(source, report.RESULT_FILE))):
             partial = f"{target}.copying-{os.getpid()}"
